@@ -1,0 +1,226 @@
+"""Reading and writing the official `transformer/` folder: `config.json` + safetensors (single or sharded).
+
+- Sources: a local folder or a Hugging Face hub id (through `huggingface_hub`, so its cache, `HF_HOME`,
+  `HF_HUB_OFFLINE` and token settings apply), with an optional `subfolder`.
+- Layout: the Shared Cross-Attention layout (`shared` or `diffusers`) is detected from the keys; a
+  `config.json` that names a different one, or that enables cross-attention the weights do not have, is an
+  error.
+- Strict: a missing, unexpected or mis-shaped tensor is an error naming the key. Only safetensors are read;
+  pickle (`.bin`, `.pt`) is never loaded.
+- Writes go to temporary names first and are renamed into place, so an interrupted save never leaves a
+  folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from motif_video.models.config import MotifVideoConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+PICKLE_NAMES = ("diffusion_pytorch_model.bin", "pytorch_model.bin", "diffusion_pytorch_model.pt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded as it is; the message says what is wrong and where."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Locating files
+# ----------------------------------------------------------------------------------------------------
+def _resolve_file(source: str, subfolder: str | None, filename: str, required: bool, **hub: Any) -> Path | None:
+    local = Path(source)
+    if local.is_dir():
+        path = local / subfolder / filename if subfolder else local / filename
+        if path.is_file():
+            return path
+        if required:
+            raise CheckpointError(f"{path} not found: is {local} a `transformer/` folder of the release?")
+        return None
+    if local.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise CheckpointError(f"{source} is not a folder: give a `transformer/` folder or a hub id like 'org/name'")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(source, filename, subfolder=subfolder, **hub))
+    except EntryNotFoundError:
+        if required:
+            raise CheckpointError(f"hub repo {source!r} has no {subfolder or '.'}/{filename}") from None
+        return None
+    except LocalEntryNotFoundError as err:
+        if not required:
+            return None
+        raise CheckpointError(
+            f"{source!r} is not a local folder and could not be fetched from the hub ({err}). "
+            "Check the id, your network, or HF_HUB_OFFLINE and the hub cache"
+        ) from None
+
+
+def _weight_files(source: str, subfolder: str | None, **hub: Any) -> list[Path]:
+    single = _resolve_file(source, subfolder, WEIGHTS_NAME, required=False, **hub)
+    if single is not None:
+        return [single]
+    index = _resolve_file(source, subfolder, INDEX_NAME, required=False, **hub)
+    if index is not None:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [_resolve_file(source, subfolder, name, True, **hub) for name in sorted(set(weight_map.values()))]
+    for name in PICKLE_NAMES:
+        if _resolve_file(source, subfolder, name, required=False, **hub) is not None:
+            raise CheckpointError(
+                f"{source}: found only {name}; motif-video never loads pickled weights. "
+                f"Convert it to {WEIGHTS_NAME} with safetensors first"
+            )
+    raise CheckpointError(f"{source}: neither {WEIGHTS_NAME} nor {INDEX_NAME} found")
+
+
+def read_state_dict(files: list[Path], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if key in state:
+                    raise CheckpointError(f"tensor {key!r} appears in more than one shard ({file.name})")
+                tensor = f.get_tensor(key)
+                state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout detection and strict checks
+# ----------------------------------------------------------------------------------------------------
+def detect_cross_attention_layout(keys: list[str] | set[str]) -> str | None:
+    """'shared', 'diffusers', or None when the weights hold no cross-attention."""
+    shared = any(".cross_attn_query_proj." in k for k in keys)
+    diffusers = any(".cross_attn.to_q." in k for k in keys)
+    if shared and diffusers:
+        raise CheckpointError("the weights mix both cross-attention layouts (cross_attn_query_proj and cross_attn.*)")
+    return "shared" if shared else "diffusers" if diffusers else None
+
+
+def reconcile_config(config_dict: dict[str, Any], keys: set[str]) -> MotifVideoConfig:
+    """Config from `config.json`, with the cross-attention layout taken from (and checked against) the keys."""
+    layout = detect_cross_attention_layout(keys)
+    declared = config_dict.get("cross_attention_layout")
+    if layout is not None and declared is not None and declared != layout:
+        raise CheckpointError(f"config.json says cross_attention_layout={declared!r} but the weights are {layout!r}")
+    data = dict(config_dict)
+    if layout is not None:
+        data["cross_attention_layout"] = layout
+    try:
+        config = MotifVideoConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"config.json: {err}") from None
+    enabled = config.enable_text_cross_attention_dual or (
+        config.enable_text_cross_attention_single and config.num_encoder_single_layers > 0
+    )
+    if enabled and layout is None:
+        raise CheckpointError(
+            "config.json enables text cross-attention (enable_text_cross_attention_*), "
+            "but the weights hold no cross-attention tensors"
+        )
+    if layout is not None and not enabled:
+        raise CheckpointError("the weights hold cross-attention tensors, but config.json enables no cross-attention")
+    return config
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    """Raise naming every missing, unexpected and mis-shaped key (the first few of each)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(found))
+        if tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+        if items:
+            shown = ", ".join(items[:5]) + (f", ... ({len(items) - 5} more)" if len(items) > 5 else "")
+            problems.append(f"{len(items)} {title} tensor(s): {shown}")
+    if problems:
+        raise CheckpointError(
+            "weights do not match config.json: " + "; ".join(problems) + ". Is config.json from the same release?"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Load and save
+# ----------------------------------------------------------------------------------------------------
+def load_transformer(
+    cls: type,
+    path_or_hub_id: str | os.PathLike,
+    subfolder: str | None = None,
+    torch_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    fuse_qkv: bool = True,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+):
+    """Load a model exactly as stored. `fuse_qkv` fuses q/k/v projections for inference speed."""
+    source = str(path_or_hub_id)
+    hub = {k: v for k, v in dict(revision=revision, cache_dir=cache_dir, token=token).items() if v is not None}
+    if local_files_only is not None:
+        hub["local_files_only"] = local_files_only
+    config_path = _resolve_file(source, subfolder, CONFIG_NAME, required=True, **hub)
+    try:
+        config_dict = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from None
+    state = read_state_dict(_weight_files(source, subfolder, **hub), torch_dtype)
+    config = reconcile_config(config_dict, set(state))
+    with torch.device("meta"):
+        model = cls(config)
+    check_state_dict(model.state_dict(), state)
+    model.load_state_dict(state, strict=True, assign=True)
+    if device is not None:
+        model.to(device)
+    if fuse_qkv:
+        model.fuse_qkv_projections()
+    return model.eval()
+
+
+def save_transformer(
+    model: torch.nn.Module, save_directory: str | os.PathLike, max_shard_size: int | str = "5GB"
+) -> None:
+    """Write `config.json` and the weights (sharded with an index above `max_shard_size`)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    split = split_torch_state_dict_into_shards(
+        state, filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size=max_shard_size
+    )
+    for stale in [WEIGHTS_NAME, INDEX_NAME, *out.glob("diffusion_pytorch_model-*.safetensors")]:
+        (out / stale).unlink(missing_ok=True)
+    for filename, keys in split.filename_to_tensors.items():
+        _atomic_write(out / filename, lambda tmp, keys=keys: save_file({k: state[k] for k in keys}, tmp))
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        _atomic_write(out / INDEX_NAME, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
+    config = model.config.to_dict()
+    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
