@@ -49,22 +49,24 @@ def _resolve_file(source: str, subfolder: str | None, filename: str, required: b
         return None
     if local.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise CheckpointError(f"{source} is not a folder: give a `transformer/` folder or a hub id like 'org/name'")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(source, filename, subfolder=subfolder, **hub))
-    except EntryNotFoundError:
-        if required:
-            raise CheckpointError(f"hub repo {source!r} has no {subfolder or '.'}/{filename}") from None
-        return None
-    except LocalEntryNotFoundError as err:
+        return Path(huggingface_hub.hf_hub_download(source, filename, subfolder=subfolder, **hub))
+    except LocalEntryNotFoundError as err:  # offline, or the network failed, and the file is not cached
         if not required:
             return None
         raise CheckpointError(
             f"{source!r} is not a local folder and could not be fetched from the hub ({err}). "
             "Check the id, your network, or HF_HUB_OFFLINE and the hub cache"
         ) from None
+    except EntryNotFoundError:
+        if required:
+            raise CheckpointError(f"hub repo {source!r} has no {subfolder or '.'}/{filename}") from None
+        return None
+    except HfHubHTTPError as err:  # unknown repo, gated repo, bad revision, ...
+        raise CheckpointError(f"could not read {filename} of hub repo {source!r}: {err}") from None
 
 
 def _weight_files(source: str, subfolder: str | None, **hub: Any) -> list[Path]:
