@@ -1,0 +1,65 @@
+"""A forward pass of the transformer on random inputs: the CLI's `forward` command and a quick check."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from motif_video.models.transformer import MotifVideoTransformer
+
+VAE_SPATIAL, VAE_TEMPORAL = 8, 4  # Wan2.1 VAE compression
+
+
+def run_forward(
+    preset: str = "tiny",
+    model: str | None = None,
+    height: int = 64,
+    width: int = 96,
+    num_frames: int = 9,
+    text_tokens: int = 16,
+    image: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> str:
+    """Build (or load) a transformer, run one forward on random inputs, and describe the result."""
+    if height % 16 or width % 16:
+        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+    if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL:
+        raise ValueError(f"num_frames must be of the form 4k+1 (1, 5, 9, ...), got {num_frames}")
+    if text_tokens < 1:
+        raise ValueError(f"text_tokens must be at least 1, got {text_tokens}")
+    torch_dtype = getattr(torch, dtype)
+    torch.manual_seed(seed)
+    if model is not None:
+        net = MotifVideoTransformer.from_pretrained(model, torch_dtype=torch_dtype, device=device)
+    else:
+        net = MotifVideoTransformer.from_preset(preset).to(device=device, dtype=torch_dtype).eval()
+        net.fuse_qkv_projections()
+    c = net.config
+    g = torch.Generator().manual_seed(seed)
+    grid = ((num_frames - 1) // VAE_TEMPORAL + 1, height // VAE_SPATIAL, width // VAE_SPATIAL)
+    latents = torch.randn(1, c.in_channels, *grid, generator=g)
+    padded = max(text_tokens, 32)
+    text = torch.randn(1, padded, c.text_embed_dim, generator=g)
+    mask = (torch.arange(padded) < text_tokens).long()[None]
+    image_embeds = None
+    if image:
+        if c.image_embed_dim is None:
+            raise ValueError("--image needs a model with an image embedder (image_embed_dim)")
+        image_embeds = torch.randn(1, 16, c.image_embed_dim, generator=g).to(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = net(latents.to(device), torch.tensor([500.0], device=device), text.to(device), mask.to(device),
+                  image_embeds=image_embeds).sample
+    seconds = time.perf_counter() - start
+    name = model or preset
+    return (
+        f"model {name}: {net.num_parameters():,} parameters, {c.cross_attention_layout} cross-attention layout\n"
+        f"input latents {tuple(latents.shape)} (video {num_frames}x{height}x{width}), "
+        f"{text_tokens} text tokens{', 16 image tokens' if image else ''}\n"
+        f"output velocity {tuple(out.shape)} {str(out.dtype).removeprefix('torch.')}, "
+        f"std {out.float().std().item():.4f}, {seconds * 1000:.1f} ms on {device}"
+        + ("\n(a freshly initialised model predicts zero velocity by design: AdaLN-Zero)" if model is None else "")
+    )
