@@ -20,7 +20,7 @@ def random_reference(config: MotifVideoConfig, seed: int = 0):
     ref = MotifVideoTransformer3DModel(**diffusers_kwargs(config)).eval()
     with torch.no_grad():
         for p in ref.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * 0.15)
     return ref
 
 
@@ -31,7 +31,7 @@ def random_ours(config: MotifVideoConfig, seed: int = 0) -> MotifVideoTransforme
     model.init_weights()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * 0.15)
     return model
 
 

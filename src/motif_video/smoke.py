@@ -51,8 +51,13 @@ def run_forward(
         image_embeds = torch.randn(1, 16, c.image_embed_dim, generator=g).to(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        out = net(latents.to(device), torch.tensor([500.0], device=device), text.to(device), mask.to(device),
-                  image_embeds=image_embeds).sample
+        out = net(
+            latents.to(device),
+            torch.tensor([500.0], device=device),
+            text.to(device),
+            mask.to(device),
+            image_embeds=image_embeds,
+        ).sample
     seconds = time.perf_counter() - start
     name = model or preset
     return (

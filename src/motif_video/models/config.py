@@ -16,6 +16,9 @@ CrossAttentionLayout = Literal["diffusers", "shared"]
 
 # Keys that diffusers writes into config.json and that carry no architecture information.
 _BOOKKEEPING_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+# Fields of Motif's original-code config that are harmless when unset (no pooled text vector, no RoPE
+# extrapolation); set to anything else they describe a model this implementation does not run.
+_ACCEPTED_WHEN_NULL = ("pooled_projection_dim", "base_latent_size")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,10 @@ class MotifVideoConfig:
         """Build from a `config.json` dict. Unknown keys are an error naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in data.items() if k not in _BOOKKEEPING_KEYS}
+        for key in _ACCEPTED_WHEN_NULL:
+            if fields.get(key, None) is not None:
+                raise ValueError(f"config.json sets {key}={fields[key]!r}, which Motif-Video 2B does not use")
+            fields.pop(key, None)
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(
@@ -130,20 +137,10 @@ PRESETS: dict[str, MotifVideoConfig] = {
         image_embed_dim=24,
         rope_axes_dim=(4, 6, 6),
     ),
-    "tiny-shared": MotifVideoConfig(
-        in_channels=33,
-        out_channels=16,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        num_layers=2,
-        num_single_layers=4,
-        num_decoder_layers=2,
-        text_embed_dim=32,
-        image_embed_dim=24,
-        rope_axes_dim=(4, 6, 6),
-        cross_attention_layout="shared",
-    ),
 }
+
+
+PRESETS["tiny-shared"] = PRESETS["tiny"].replace(cross_attention_layout="shared")
 
 
 def get_preset(name: str) -> MotifVideoConfig:
