@@ -21,7 +21,6 @@ Beyond the reference, with the same numbers:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from motif_video.models.joint_attention import AttentionContext
 from motif_video.models.modulation import AdaLNContinuous
 from motif_video.models.rope import RotaryEmbedding3D
 from motif_video.models.routing import TokenRoute, gather_tokens, scatter_tokens
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
