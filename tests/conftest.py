@@ -12,7 +12,7 @@ def diffusers_kwargs(config: MotifVideoConfig) -> dict:
     return {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
 
 
-def random_reference(config: MotifVideoConfig, seed: int = 0):
+def random_reference(config: MotifVideoConfig, seed: int = 0, noise: float = 0.15):
     """diffusers' MotifVideoTransformer3DModel with every parameter randomised (nothing trivially zero)."""
     from diffusers import MotifVideoTransformer3DModel
 
@@ -20,7 +20,7 @@ def random_reference(config: MotifVideoConfig, seed: int = 0):
     ref = MotifVideoTransformer3DModel(**diffusers_kwargs(config)).eval()
     with torch.no_grad():
         for p in ref.parameters():
-            p.add_(torch.randn_like(p) * 0.15)
+            p.add_(torch.randn_like(p) * noise)
     return ref
 
 

@@ -27,7 +27,6 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     MotifVideoImage2VideoPipeline,
     MotifVideoPipeline,
-    MotifVideoTransformer3DModel,
 )
 from transformers import (
     SiglipImageProcessor,
@@ -37,7 +36,7 @@ from transformers import (
     T5Gemma2TextConfig,
 )
 
-from conftest import assert_close_scaled, diffusers_kwargs
+from conftest import assert_close_scaled, random_reference
 from motif_video import MotifVideoTransformer, get_preset
 
 TINY = get_preset("tiny")
@@ -83,16 +82,6 @@ def _text_inputs(valid: tuple[tuple[int, ...], tuple[int, ...]], seed: int = 3) 
     )
 
 
-def _random_reference() -> MotifVideoTransformer3DModel:
-    torch.manual_seed(0)
-    reference = MotifVideoTransformer3DModel(**diffusers_kwargs(TINY)).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * WEIGHT_NOISE)
-    return reference
-
-
 def _tiny_text_encoder() -> T5Gemma2Encoder:
     config = T5Gemma2EncoderConfig(
         text_config=T5Gemma2TextConfig(
@@ -123,7 +112,7 @@ def _tiny_text_encoder() -> T5Gemma2Encoder:
 @pytest.fixture(scope="module")
 def parts() -> Parts:
     with torch.random.fork_rng():
-        reference = _random_reference()
+        reference = random_reference(TINY, noise=WEIGHT_NOISE)
         torch.manual_seed(2)
         vae = AutoencoderKLWan(
             base_dim=3,

@@ -129,3 +129,20 @@ def test_bad_route_is_a_clear_error(route, message):
         model(**make_inputs(TINY, batch=2), route=route)
     with pytest.raises(ValueError, match="ratio"):
         random_route(2, 10, ratio=1.0, start=0, end=1)
+
+
+def test_fuse_then_unfuse_restores_the_official_modules():
+    model = random_ours(get_preset("tiny-shared"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = make_inputs(TINY, batch=2, image_len=2)
+    with torch.no_grad():
+        dense = model(**inputs).sample
+        model.fuse_qkv_projections()
+        assert not hasattr(model.transformer_blocks[0].attn, "to_q")
+        fused = model(**inputs).sample
+        model.unfuse_qkv_projections()
+        unfused = model(**inputs).sample
+    assert hasattr(model.transformer_blocks[0].attn, "to_q")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    torch.testing.assert_close(fused, dense, rtol=0, atol=1e-5)
+    torch.testing.assert_close(unfused, dense, rtol=0, atol=0)
