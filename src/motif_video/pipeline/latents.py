@@ -1,0 +1,110 @@
+"""Latent space: shapes, the Wan VAE's per-channel normalisation, initial noise and the I2V channels.
+
+Transformer input (B, 33, F', H/8, W/8) = [noisy latent (16) | first-frame latent (16) | mask (1)]:
+for I2V the normalised VAE latent of the first frame sits at latent frame 0 (zeros after) and the mask is 1
+there; for T2V all 17 extra channels are zero. Latent frames F' = (F - 1) / 4 + 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+VAE_SPATIAL = 8
+VAE_TEMPORAL = 4
+PATCH = 2
+
+
+def check_video_size(height: int, width: int, num_frames: int) -> None:
+    """The model needs H, W multiples of 16 (VAE 8 x patch 2) and F = 4k + 1 (VAE 4x in time)."""
+    step = VAE_SPATIAL * PATCH
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value < step or value % step:
+            lower = max(step, value // step * step) if isinstance(value, int) else step
+            hint = f"try {lower} or {lower + step}"
+            raise ValueError(f"{name} must be a positive multiple of {step}, got {value} ({hint})")
+    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL:
+        lower = max(1, (num_frames - 1) // VAE_TEMPORAL * VAE_TEMPORAL + 1) if isinstance(num_frames, int) else 1
+        raise ValueError(
+            f"num_frames must be of the form 4k+1 (1, 5, 9, ..., 121), got {num_frames} (try {lower} or {lower + 4})"
+        )
+
+
+def latent_shape(batch: int, channels: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+    return (batch, channels, (num_frames - 1) // VAE_TEMPORAL + 1, height // VAE_SPATIAL, width // VAE_SPATIAL)
+
+
+def _stats(vae: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(vae.config.latents_mean, dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1)
+    return mean, std
+
+
+def normalize_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Raw VAE latents -> the model's space: (z - mean) / std per channel."""
+    mean, std = _stats(vae, latents)
+    return (latents - mean) / std
+
+
+def denormalize_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    mean, std = _stats(vae, latents)
+    return latents * std + mean
+
+
+def randn(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Gaussian noise that depends only on the seed: drawn in float32 on the generator's device, then moved
+    and cast, so a seed gives the same video start on any device and in any dtype.
+
+    A list of generators draws one batch row each (len must equal shape[0]), as diffusers does.
+    """
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} videos; pass one per video")
+        rows = [randn((1, *shape[1:]), g, device, dtype) for g in generator]
+        return torch.cat(rows)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32)
+    return noise.to(device=device, dtype=dtype)
+
+
+def encode_first_frames(
+    vae: Any,
+    frames: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None,
+    sample: bool = True,
+) -> torch.Tensor:
+    """First frames (N, 3, H, W) in [-1, 1] -> normalised latents (N, 16, 1, H/8, W/8) in the VAE's dtype.
+
+    `sample=True` draws from the VAE posterior with `generator`, as the reference does; False takes its mode.
+    """
+    vae_param = next(vae.parameters())
+    video = frames.to(device=vae_param.device, dtype=vae_param.dtype)[:, :, None]
+    with torch.no_grad():
+        posterior = vae.encode(video).latent_dist
+    if sample:
+        eps = randn(tuple(posterior.mean.shape), generator, posterior.mean.device, posterior.mean.dtype)
+        latents = posterior.mean + posterior.std * eps
+    else:
+        latents = posterior.mode()
+    return normalize_latents(vae, latents)
+
+
+def condition_channels(
+    first_frame_latents: torch.Tensor | None, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The 17 conditioning channels (B, 16 + 1, F', h, w) for latents of `shape` (B, 16, F', h, w).
+
+    `first_frame_latents`: (B, 16, 1, h, w) for I2V, None for T2V (all zeros).
+    """
+    batch, channels, frames, h, w = shape
+    cond = torch.zeros(batch, channels + 1, frames, h, w, device=device, dtype=dtype)
+    if first_frame_latents is not None:
+        cond[:, :channels, :1] = first_frame_latents.to(device=device, dtype=dtype)
+        cond[:, channels, 0] = 1.0
+    return cond
