@@ -103,6 +103,7 @@ class MotifVideoPipeline:
         self._text_encoder_on_cpu = False
         self._progress_kwargs: dict[str, Any] = {}
         self._interrupt = False
+        self.last_call: dict[str, Any] = {}  # the resolved settings of the latest call (for run records)
 
     # ----------------------------------------------------------------- loading / saving
     @classmethod
@@ -111,6 +112,15 @@ class MotifVideoPipeline:
         from motif_video.pipeline.loading import load_pipeline
 
         return load_pipeline(cls, path_or_hub_id, **kwargs)
+
+    @classmethod
+    def from_components(cls, components: dict[str, Any], source: str | None = None) -> MotifVideoPipeline:
+        """From a dict of components (diffusers' names; a diffusers `guider` object becomes our config)."""
+        parts = dict(components)
+        guider = parts.pop("guider", None)
+        if guider is not None and not isinstance(guider, GuidanceConfig):
+            guider = GuidanceConfig.from_diffusers_config({"_class_name": type(guider).__name__, **guider.config})
+        return cls(**parts, guidance=guider, source=source)
 
     def save_pretrained(self, directory: str, **kwargs: Any) -> None:
         """Write the official release layout (diffusers can load it too)."""
@@ -369,6 +379,27 @@ class MotifVideoPipeline:
         step_timesteps = set_scheduler_sigmas(scheduler, schedule, device)
         model_sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
 
+        self.last_call = dict(
+            task="i2v" if i2v else "t2v",
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=num_steps,
+            shift=shift,
+            sigmas=[float(x) for x in schedule],
+            custom_schedule=sigmas is not None or timesteps is not None,
+            scheduler=type(scheduler).__name__,
+            guidance=guide.to_dict(),
+            negative_prompt=negative_prompt if negative_prompt_embeds is None else "<embeddings>",
+            num_videos_per_prompt=num_videos_per_prompt,
+            first_frame_latent=first_frame_latent if i2v else None,
+            batch_guidance=batch_guidance,
+            max_sequence_length=max_sequence_length,
+            transformer_dtype=str(dtype),
+            vae_dtype=str(next(self.vae.parameters()).dtype),
+            device=str(device),
+        )
+
         # 5. denoising loop
         state = GuidanceState()
         self._interrupt = False
@@ -410,6 +441,7 @@ class MotifVideoPipeline:
             return (video,)
         return MotifVideoPipelineOutput(frames=video)
 
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor, output_type: str = "np", vae_batch_size: int | None = None) -> Any:
         """Normalised latents (B, 16, F', h, w) -> frames in `output_type`, decoded in the VAE's own dtype."""
         from diffusers.video_processor import VideoProcessor
@@ -472,7 +504,9 @@ class MotifVideoPipeline:
         elif guidance is None:
             base = self.guidance
         else:
-            base = self.guidance.replace(method=guidance) if guidance != self.guidance.method else self.guidance
+            base = self.guidance
+            if guidance != base.method:  # plain CFG means uncond + s (cond - uncond)
+                base = base.replace(method=guidance, original_formulation=guidance == "apg")
         return base.replace(scale=scale, eta=eta, norm_threshold=norm_threshold, momentum=momentum)
 
     @staticmethod
