@@ -161,7 +161,10 @@ class MotifVideoPipeline:
             if module is None:
                 continue
             target = torch.device("cpu") if (name == "text_encoder" and self._text_encoder_on_cpu) else device
-            module.to(device=target, dtype=dtype if name == "transformer" else None)
+            if name == "transformer" and dtype is not None:
+                module.to(device=target, dtype=dtype)
+            else:
+                module.to(target)
         self._device = device
         return self
 
