@@ -14,10 +14,26 @@ from motif_video.models import (
 
 __version__ = "0.1.0"
 
+_PIPELINE_NAMES = ("MotifVideoPipeline", "MotifVideoPipelineOutput", "GuidanceConfig", "OFFICIAL_NEGATIVE_PROMPT")
+
+
+def __getattr__(name: str):
+    # The pipeline imports diffusers and transformers: load it on first use, not with the model.
+    if name in _PIPELINE_NAMES:
+        from motif_video import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'motif_video' has no attribute {name!r}")
+
+
 __all__ = [
+    "OFFICIAL_NEGATIVE_PROMPT",
     "PRESETS",
     "CheckpointError",
+    "GuidanceConfig",
     "MotifVideoConfig",
+    "MotifVideoPipeline",
+    "MotifVideoPipelineOutput",
     "MotifVideoTransformer",
     "MotifVideoTransformerOutput",
     "TokenRoute",
