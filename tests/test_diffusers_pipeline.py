@@ -30,14 +30,12 @@ from diffusers import (
 )
 from transformers import (
     SiglipImageProcessor,
-    SiglipVisionConfig,
     T5Gemma2Encoder,
-    T5Gemma2EncoderConfig,
-    T5Gemma2TextConfig,
 )
 
 from conftest import assert_close_scaled, random_reference
 from motif_video import MotifVideoTransformer, get_preset
+from motif_video.pipeline.tiny import build_text_encoder, build_vae
 
 TINY = get_preset("tiny")
 HEIGHT = WIDTH = 32  # latent 4 x 4 -> 2 x 2 patches
@@ -82,48 +80,13 @@ def _text_inputs(valid: tuple[tuple[int, ...], tuple[int, ...]], seed: int = 3) 
     )
 
 
-def _tiny_text_encoder() -> T5Gemma2Encoder:
-    config = T5Gemma2EncoderConfig(
-        text_config=T5Gemma2TextConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-        ),
-        vision_config=SiglipVisionConfig(
-            hidden_size=TINY.image_embed_dim,
-            intermediate_size=48,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=HEIGHT,
-            patch_size=8,
-        ),
-        mm_tokens_per_image=4,
-    )
-    # Normally filled in by the encoder-decoder T5Gemma2Config; the encoder's text layers read them.
-    config.text_config.dropout_rate = 0.0
-    config.text_config.attention_dropout = 0.0
-    return T5Gemma2Encoder(config).eval()
-
-
 @pytest.fixture(scope="module")
 def parts() -> Parts:
     with torch.random.fork_rng():
         reference = random_reference(TINY, noise=WEIGHT_NOISE)
         torch.manual_seed(2)
-        vae = AutoencoderKLWan(
-            base_dim=3,
-            z_dim=16,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-            latents_mean=torch.linspace(-0.5, 0.5, 16).tolist(),
-            latents_std=torch.linspace(0.5, 1.5, 16).tolist(),
-        ).eval()
-        text_encoder = _tiny_text_encoder()
+        vae = build_vae()
+        text_encoder = build_text_encoder(TINY.text_embed_dim, TINY.image_embed_dim, HEIGHT)
     assert (vae.config.scale_factor_spatial, vae.config.scale_factor_temporal) == (8, 4)
     feature_extractor = SiglipImageProcessor(size={"height": HEIGHT, "width": WIDTH})
     return Parts(reference, vae, text_encoder, feature_extractor)

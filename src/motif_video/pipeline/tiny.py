@@ -111,7 +111,8 @@ def build_tokenizer(vocab: list[str] | None = None, model_max_length: int = 512)
     )
 
 
-def _text_encoder(text_dim: int, image_dim: int, image_size: int) -> Any:
+def build_text_encoder(text_dim: int, image_dim: int, image_size: int = DEFAULT_IMAGE_SIZE) -> Any:
+    """A tiny `T5Gemma2Encoder` (text width `text_dim`) with a SigLIP tower (width `image_dim`); global RNG."""
     from transformers import SiglipVisionConfig, T5Gemma2Encoder, T5Gemma2EncoderConfig, T5Gemma2TextConfig
 
     text = T5Gemma2TextConfig(
@@ -143,7 +144,8 @@ def _text_encoder(text_dim: int, image_dim: int, image_size: int) -> Any:
     return T5Gemma2Encoder(config).eval()
 
 
-def _vae() -> Any:
+def build_vae() -> Any:
+    """A tiny `AutoencoderKLWan`: z_dim 16, 8x spatial / 4x temporal, non-trivial latent stats; global RNG."""
     from diffusers import AutoencoderKLWan
 
     z_dim = 16
@@ -171,14 +173,10 @@ def build_guider() -> Any:
     """diffusers' `AdaptiveProjectedGuidance` with the settings the official release runs with."""
     from diffusers import AdaptiveProjectedGuidance
 
-    return AdaptiveProjectedGuidance(
-        guidance_scale=8.0,
-        adaptive_projected_guidance_momentum=0.1,
-        adaptive_projected_guidance_rescale=12.0,
-        adaptive_projected_guidance_norm_dim=[-1, -2, -4],
-        use_original_formulation=True,
-        eta=1.0,
-    )
+    from motif_video.pipeline.guidance import GuidanceConfig
+
+    settings = GuidanceConfig().to_diffusers_config()  # our official defaults, one source of truth
+    return AdaptiveProjectedGuidance(**{k: v for k, v in settings.items() if not k.startswith("_")})
 
 
 def build_tiny_components(
@@ -199,8 +197,8 @@ def build_tiny_components(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = _transformer(transformer_preset, torch.Generator().manual_seed(seed))
-        vae = _vae()
-        text_encoder = _text_encoder(preset.text_embed_dim, preset.image_embed_dim, image_size)
+        vae = build_vae()
+        text_encoder = build_text_encoder(preset.text_embed_dim, preset.image_embed_dim, image_size)
     tokenizer = build_tokenizer()
     if len(tokenizer) > TEXT_VOCAB_SIZE:
         raise AssertionError(f"tokenizer has {len(tokenizer)} tokens, more than the encoder's {TEXT_VOCAB_SIZE}")
