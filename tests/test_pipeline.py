@@ -257,3 +257,16 @@ def test_broken_release_folders(release, tmp_path):
         MotifVideoPipeline.from_pretrained(str(broken))
     with pytest.raises(CheckpointError, match="not in the local hub cache|cannot fetch"):
         MotifVideoPipeline.from_pretrained("nobody/no-such-model", local_files_only=True)
+
+
+def test_embeddings_only_pipeline(ours):
+    """Without a text encoder: prompt embeddings work, and a negative prompt that would need encoding is a
+    clear error."""
+    bare = MotifVideoPipeline(transformer=ours.transformer, vae=ours.vae, scheduler=ours.scheduler)
+    bare.set_progress_bar_config(disable=True)
+    embeds = torch.randn(1, 5, get_preset("tiny").text_embed_dim, generator=_seed())
+    with pytest.raises(ValueError, match="negative_prompt_embeds"):
+        _run(bare, prompt_embeds=embeds)
+    out = _run(bare, prompt_embeds=embeds, guidance="none", generator=_seed())
+    guided = _run(bare, prompt_embeds=embeds, negative_prompt_embeds=torch.zeros_like(embeds), generator=_seed())
+    assert out.shape == guided.shape == (1, FRAMES, H, W, 3) and np.abs(out - guided).max() > 1e-3

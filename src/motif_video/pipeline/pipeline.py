@@ -318,6 +318,8 @@ class MotifVideoPipeline:
             raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
         if first_frame_latent not in ("sample", "mode"):
             raise ValueError(f"first_frame_latent must be 'sample' or 'mode', got {first_frame_latent!r}")
+        if hasattr(callback_on_step_end, "tensor_inputs"):  # diffusers' PipelineCallback objects
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         unknown = set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSORS)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may name {CALLBACK_TENSORS}, got {sorted(unknown)}")
@@ -549,6 +551,11 @@ class MotifVideoPipeline:
                 negatives = [negative_prompt or ""] * n_prompts
             if len(negatives) != n_prompts:
                 raise ValueError(f"got {len(negatives)} negative prompts for {n_prompts} prompts")
+        if negatives is not None and (self.text_encoder is None or self.tokenizer is None):
+            raise ValueError(
+                "guidance needs the negative prompt encoded, and this pipeline has no text encoder: pass "
+                "negative_prompt_embeds (and its mask), or guidance='none'"
+            )
         texts = (prompts or []) + (negatives or [])
         encoded = self.encode_prompt(texts, max_sequence_length) if texts else None
 
