@@ -21,11 +21,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from motif_video.pipeline import conditioning
+from motif_video.pipeline import conditioning, inputs
 from motif_video.pipeline import latents as latent_ops
 from motif_video.pipeline.guidance import GuidanceConfig, GuidanceState, combine
 from motif_video.pipeline.schedule import (
@@ -335,7 +334,7 @@ class MotifVideoPipeline:
         device, dtype = self.device, self.transformer.dtype
 
         # 1. text: prompts x videos, cond and uncond
-        prompts = self._prompt_list(prompt, prompt_embeds)
+        prompts = inputs.prompt_list(prompt, prompt_embeds)
         n_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         batch = n_prompts * num_videos_per_prompt
         cond, cond_mask, uncond, uncond_mask = self._text_conditions(
@@ -366,7 +365,7 @@ class MotifVideoPipeline:
         if i2v:
             if shape[2] < 2:
                 raise ValueError("image-to-video needs at least 5 frames (2 latent frames): raise num_frames")
-            images, index = self._image_list(image, n_prompts)
+            images, index = inputs.image_list(image, n_prompts)
             frames = conditioning.preprocess_images(images, height, width)
             video_index = index.repeat_interleave(num_videos_per_prompt)
             image_generator = generator
@@ -514,22 +513,6 @@ class MotifVideoPipeline:
                 base = base.replace(method=guidance, original_formulation=guidance == "apg")
         return base.replace(scale=scale, eta=eta, norm_threshold=norm_threshold, momentum=momentum)
 
-    @staticmethod
-    def _prompt_list(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> list[str] | None:
-        if prompt is None:
-            if prompt_embeds is None:
-                raise ValueError("pass a prompt (or prompt_embeds)")
-            return None
-        if prompt_embeds is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("the prompt list is empty")
-        for p in prompts:
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError("prompts must be non-empty strings")
-        return prompts
-
     def _text_conditions(
         self,
         prompts: list[str] | None,
@@ -545,12 +528,7 @@ class MotifVideoPipeline:
         device, dtype = self.device, self.transformer.dtype
         negatives = None
         if need_uncond and negative_embeds is None:
-            if isinstance(negative_prompt, list):
-                negatives = negative_prompt
-            else:
-                negatives = [negative_prompt or ""] * n_prompts
-            if len(negatives) != n_prompts:
-                raise ValueError(f"got {len(negatives)} negative prompts for {n_prompts} prompts")
+            negatives = inputs.negative_list(negative_prompt, n_prompts)
         if negatives is not None and (self.text_encoder is None or self.tokenizer is None):
             raise ValueError(
                 "guidance needs the negative prompt encoded, and this pipeline has no text encoder: pass "
@@ -563,39 +541,14 @@ class MotifVideoPipeline:
             cond, cond_mask = encoded[0][:n_prompts], encoded[1][:n_prompts]
         else:
             cond = prompt_embeds.to(device=device, dtype=dtype)
-            cond_mask = _mask_or_ones(prompt_mask, cond)
+            cond_mask = inputs.mask_or_ones(prompt_mask, cond)
         if not need_uncond:
             return cond, cond_mask, None, None
         if negative_embeds is not None:
             uncond = negative_embeds.to(device=device, dtype=dtype)
-            uncond_mask = _mask_or_ones(negative_mask, uncond)
+            uncond_mask = inputs.mask_or_ones(negative_mask, uncond)
             if uncond.shape[0] != n_prompts:
                 raise ValueError(f"negative_prompt_embeds has batch {uncond.shape[0]}, prompts {n_prompts}")
         else:
             uncond, uncond_mask = encoded[0][-n_prompts:], encoded[1][-n_prompts:]
         return cond, cond_mask, uncond, uncond_mask
-
-    @staticmethod
-    def _image_list(image: Any, n_prompts: int) -> tuple[list[Any], torch.Tensor]:
-        """-> (distinct images, (n_prompts,) index of each prompt's image)."""
-        if isinstance(image, (list, tuple)):
-            images = list(image)
-            if len(images) == 1:
-                return images, torch.zeros(n_prompts, dtype=torch.long)
-            if len(images) != n_prompts:
-                raise ValueError(f"got {len(images)} images for {n_prompts} prompts: pass one, or one per prompt")
-            return images, torch.arange(n_prompts)
-        if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] > 1:
-            return MotifVideoPipeline._image_list(list(image), n_prompts)
-        if isinstance(image, np.ndarray) and image.ndim == 4 and image.shape[0] > 1:
-            return MotifVideoPipeline._image_list(list(image), n_prompts)
-        return [image], torch.zeros(n_prompts, dtype=torch.long)
-
-
-def _mask_or_ones(mask: torch.Tensor | None, embeds: torch.Tensor) -> torch.Tensor:
-    if mask is None:
-        return torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
-    if tuple(mask.shape) != tuple(embeds.shape[:2]):
-        shapes = f"{tuple(mask.shape)} vs embeddings {tuple(embeds.shape[:2])}"
-        raise ValueError(f"attention mask shape does not match its embeddings: {shapes}")
-    return mask.to(device=embeds.device, dtype=torch.bool)
