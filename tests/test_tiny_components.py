@@ -128,6 +128,9 @@ def test_release_layout_loads_with_diffusers_and_transformers(components: dict, 
     assert {k: v for k, v in index.items() if not k.startswith("_")} == RELEASE_CLASSES
     assert index["transformer"] == ["diffusers", "MotifVideoTransformer3DModel"]
     assert all((release / name).is_dir() for name in RELEASE_CLASSES)
+    from motif_video import MotifVideoPipeline as OurPipeline
+
+    assert OurPipeline.from_pretrained(str(release)).defaults.height == 64  # tiny sizes, not 1280x736x121
 
     pipe = MotifVideoPipeline.from_pretrained(release)
     ours = components["transformer"].state_dict()

@@ -111,26 +111,21 @@ class GenerateSettings:
 
 def build_pipeline(settings: GenerateSettings) -> Any:
     """Load (or build, for the tiny preset) the pipeline and apply the memory mode."""
-    from motif_video.models.checkpoint_io import CheckpointError
     from motif_video.pipeline.loading import read_index, resolve_folder
     from motif_video.pipeline.pipeline import GenerationDefaults, MotifVideoPipeline
 
-    TINY_DEFAULTS = GenerationDefaults(height=64, width=64, num_frames=17, fps=8, num_inference_steps=10)
     dtype, device = settings.resolved_dtype(), settings.resolved_device()
     if settings.preset == "tiny":
-        from motif_video.pipeline.tiny import build_tiny_components
+        from motif_video.pipeline.tiny import TINY_DEFAULTS, build_tiny_components
 
         pipe = MotifVideoPipeline.from_components(build_tiny_components(seed=0), source="preset:tiny")
-        pipe.defaults = TINY_DEFAULTS
+        pipe.defaults = GenerationDefaults(**TINY_DEFAULTS)
         pipe.transformer.to(dtype=dtype)
     else:
         source = settings.model or OFFICIAL_MODEL
         folder = resolve_folder(source)
         read_index(folder)  # a clear error for an incomplete folder before loading anything heavy
-        try:
-            pipe = MotifVideoPipeline.from_pretrained(str(folder), torch_dtype=dtype)
-        except CheckpointError:
-            raise
+        pipe = MotifVideoPipeline.from_pretrained(str(folder), torch_dtype=dtype)
         pipe.source = source
     if settings.sampler != "euler":
         pipe.scheduler = _sampler(settings.sampler, pipe.scheduler)

@@ -215,6 +215,10 @@ def build_tiny_components(
     )
 
 
+# Sizes the tiny components generate at by default (the official 1280x736x121 would take minutes on a CPU).
+TINY_DEFAULTS = dict(height=64, width=64, num_frames=17, fps=8, num_inference_steps=10)
+
+
 def model_index() -> dict[str, Any]:
     """The `model_index.json` dict of the official release layout (diffusers' format, keys sorted).
 
@@ -223,7 +227,12 @@ def model_index() -> dict[str, Any]:
     The tokenizer is our word-level `PreTrainedTokenizerFast` rather than the release's Gemma tokenizer."""
     import diffusers
 
-    return {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__, **RELEASE_CLASSES}
+    return {
+        "_class_name": PIPELINE_CLASS,
+        "_diffusers_version": diffusers.__version__,
+        "_motif_video_defaults": TINY_DEFAULTS,  # read by our loader, ignored by diffusers ("_" prefix)
+        **RELEASE_CLASSES,
+    }
 
 
 def save_tiny_release(directory: str | Path, seed: int = 0, **build_kwargs: Any) -> Path:
@@ -242,6 +251,7 @@ def save_tiny_release(directory: str | Path, seed: int = 0, **build_kwargs: Any)
 
 __all__ = [
     "RELEASE_CLASSES",
+    "TINY_DEFAULTS",
     "SPECIAL_TOKENS",
     "TEXT_VOCAB_SIZE",
     "build_guider",
