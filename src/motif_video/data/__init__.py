@@ -1,0 +1,1 @@
+"""Training data: the shard format, preparation, buckets and the bucket-balanced sampler."""
