@@ -1,0 +1,149 @@
+"""The training objective: rectified flow with joint T2V / I2V conditioning (Motif-Video report, section 4).
+
+One time convention (style guide): t in [0, 1], t = 1 is noise,
+    x_t = (1 - t) x0 + t eps,        target v = eps - x0,
+and the model sees t on the 0..1000 scale (`motif_video.pipeline.schedule.to_model_timestep`).
+
+Timesteps (the report does not say; configurable): logit-normal (SD3, arXiv 2403.03206 sec. 3.1) with a static
+shift s*t / (1 + (s-1)*t) (the same map as the sampler's shift), or uniform.
+
+Joint T2V / I2V: a clip is trained as I2V with probability `i2v_ratio`: channels 17..32 hold the clean first-frame
+latent at latent frame 0 and channel 33 the mask (as at inference); otherwise all 17 are zero. Images (one latent
+frame) are always T2V: their only frame would be the answer.
+
+Timestep-aware blur of the condition (named in the model card, formula unpublished) -- OUR CHOICE: the
+first-frame latent is Gaussian-blurred in space with std = blur_max * t^blur_power latent pixels, so a noisy
+sample is conditioned on a coarser first frame and a nearly clean one on the exact frame. blur_max = 0 turns it
+off. Prompt dropout (0.1) replaces the text with the null (empty-prompt) encoding, for guidance at inference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from motif_video.pipeline.schedule import shift_sigmas
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    timestep_sampling: str = "logit_normal"  # or "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0  # static shift of the sampled t; > 1 favours noisier t (higher resolutions)
+    prompt_dropout: float = 0.1
+    i2v_ratio: float = 0.5  # fraction of VIDEO clips trained as image-to-video
+    blur_max: float = 1.0  # latent pixels of blur at t = 1 (0 = off)
+    blur_power: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.timestep_sampling not in ("logit_normal", "uniform"):
+            raise ValueError(f"timestep_sampling must be 'logit_normal' or 'uniform', got {self.timestep_sampling!r}")
+        for name in ("prompt_dropout", "i2v_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.shift <= 0 or self.logit_std <= 0 or self.blur_max < 0:
+            raise ValueError("shift and logit_std must be positive, blur_max non-negative")
+
+
+def sample_timesteps(batch: int, config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:
+    """(B,) float32 t in (0, 1), drawn on the generator's device."""
+    device = generator.device
+    if config.timestep_sampling == "uniform":
+        t = torch.rand(batch, generator=generator, device=device)
+    else:
+        t = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(batch, generator=generator, device=device))
+    if config.shift != 1.0:
+        t = torch.from_numpy(shift_sigmas(t.double().cpu().numpy(), config.shift)).to(device=device)
+    return t.float().clamp(1e-5, 1.0 - 1e-5)
+
+
+def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0, eps: (B, C, F, H, W); t: (B,) -> (x_t, target v = eps - x0)."""
+    tt = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return (1 - tt) * x0 + tt * eps, eps - x0
+
+
+def flow_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error in float32 (rectified flow, Liu et al. arXiv 2209.03003)."""
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def gaussian_blur_latent(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur (B, C, F, H, W) in H and W with a per-sample std `sigma` (B,) in latent pixels (0 = unchanged)."""
+    sigma = sigma.to(torch.float32)
+    max_sigma = float(sigma.max())
+    if max_sigma <= 0:
+        return x
+    radius = max(1, math.ceil(3 * max_sigma))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    s = sigma.clamp_min(1e-6).to(x.device)[:, None]
+    kernel = torch.exp(-0.5 * (offsets[None] / s) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, K)
+    kernel = torch.where(sigma.to(x.device)[:, None] > 0, kernel, (offsets[None] == 0).float())
+    b, c, f, h, w = x.shape
+    y = x.float().permute(0, 2, 1, 3, 4).reshape(1, b * f * c, h, w)
+    k = kernel.repeat_interleave(f * c, dim=0)  # (B*F*C, K): one kernel per (sample, frame, channel)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :], groups=b * f * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None], groups=b * f * c)
+    return y.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4).to(x.dtype)
+
+
+def condition_channels(
+    first_frame: torch.Tensor | None,
+    latents_shape: tuple[int, ...],
+    i2v: torch.Tensor,
+    t: torch.Tensor,
+    config: ObjectiveConfig,
+) -> torch.Tensor:
+    """The 17 conditioning channels (B, 17, F', h, w) for a training batch.
+
+    first_frame: (B, 16, 1, h, w) clean normalised first-frame latents (None: all T2V); i2v: (B,) bool.
+    """
+    b, c, f, h, w = latents_shape
+    device = t.device
+    out = torch.zeros(b, c + 1, f, h, w, device=device)
+    if first_frame is None or f < 2 or not bool(i2v.any()):
+        return out
+    cond = first_frame.to(device=device, dtype=torch.float32)
+    if config.blur_max > 0:
+        cond = gaussian_blur_latent(cond, config.blur_max * t.float() ** config.blur_power)
+    on = i2v.to(device=device, dtype=torch.float32).view(b, 1, 1, 1)
+    out[:, :c, 0] = cond[:, :, 0] * on
+    out[:, c, 0] = on[:, 0]
+    return out
+
+
+def draw_i2v(is_video: torch.Tensor, config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:
+    """(B,) bool: which clips train as I2V (videos only, with probability i2v_ratio)."""
+    draw = torch.rand(is_video.shape[0], generator=generator, device=generator.device) < config.i2v_ratio
+    return draw.to(is_video.device) & is_video.bool()
+
+
+def drop_prompts(
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    null_text: torch.Tensor,
+    null_mask: torch.Tensor,
+    config: ObjectiveConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each sample's text by the null encoding with probability prompt_dropout.
+
+    text: (B, L, D), mask: (B, L); null_text: (L0, D), null_mask: (L0,) -> padded to max(L, L0).
+    """
+    b, length, _ = text.shape
+    drop = (torch.rand(b, generator=generator, device=generator.device) < config.prompt_dropout).to(text.device)
+    if not bool(drop.any()):
+        return text, mask
+    total = max(length, null_text.shape[0])
+    text = F.pad(text, (0, 0, 0, total - length))
+    mask = F.pad(mask.bool(), (0, total - length), value=False)
+    null = F.pad(null_text.to(text), (0, 0, 0, total - null_text.shape[0]))
+    nmask = F.pad(null_mask.bool().to(mask.device), (0, total - null_mask.shape[0]), value=False)
+    text = torch.where(drop[:, None, None], null[None], text)
+    mask = torch.where(drop[:, None], nmask[None], mask)
+    return text, mask

@@ -1,0 +1,85 @@
+"""The rectified-flow objective: exact formulas and the conditioning invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from motif_video.training.objective import (
+    ObjectiveConfig,
+    condition_channels,
+    draw_i2v,
+    drop_prompts,
+    flow_loss,
+    gaussian_blur_latent,
+    interpolate,
+    sample_timesteps,
+)
+
+
+def _g(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_interpolation_and_target_are_the_flow_convention():
+    x0, eps = torch.randn(3, 16, 2, 4, 4, generator=_g(0)), torch.randn(3, 16, 2, 4, 4, generator=_g(1))
+    t = torch.tensor([0.0, 0.3, 1.0])
+    xt, v = interpolate(x0, eps, t)
+    torch.testing.assert_close(xt[0], x0[0])
+    torch.testing.assert_close(xt[2], eps[2])
+    torch.testing.assert_close(v, eps - x0)
+    # x0 and eps are recovered from (x_t, v): the sampler's Euler step to t=0 lands on x0
+    torch.testing.assert_close(xt - t.view(-1, 1, 1, 1, 1) * v, x0)
+    assert flow_loss(v, v) == 0 and flow_loss(v, torch.zeros_like(v)) == pytest.approx(float((v**2).mean()))
+
+
+def test_timestep_sampling():
+    cfg = ObjectiveConfig()
+    t = sample_timesteps(20000, cfg, _g())
+    assert t.min() > 0 and t.max() < 1 and abs(float(t.median()) - 0.5) < 0.02
+    torch.testing.assert_close(t, sample_timesteps(20000, cfg, _g()))  # deterministic by seed
+    shifted = sample_timesteps(20000, ObjectiveConfig(shift=3.0), _g())
+    assert float(shifted.median()) == pytest.approx(0.75, abs=0.02)  # 3*0.5/(1+2*0.5)
+    uniform = sample_timesteps(20000, ObjectiveConfig(timestep_sampling="uniform"), _g())
+    assert float(uniform.mean()) == pytest.approx(0.5, abs=0.01) and float(uniform.std()) == pytest.approx(
+        0.2887, abs=0.01
+    )
+    with pytest.raises(ValueError):
+        ObjectiveConfig(timestep_sampling="cosine")
+
+
+def test_blur_is_per_sample_and_preserves_constants():
+    x = torch.randn(2, 3, 2, 8, 8, generator=_g())
+    out = gaussian_blur_latent(x, torch.tensor([0.0, 1.5]))
+    torch.testing.assert_close(out[0], x[0])  # sigma 0: untouched
+    assert out[1].std() < 0.8 * x[1].std()  # blurred
+    const = torch.full((1, 2, 1, 6, 6), 3.0)
+    torch.testing.assert_close(gaussian_blur_latent(const, torch.tensor([2.0])), const)
+    torch.testing.assert_close(out[1].mean(), x[1].mean(), atol=0.05, rtol=0)
+
+
+def test_condition_channels():
+    first = torch.randn(3, 16, 1, 4, 4, generator=_g())
+    cfg = ObjectiveConfig(blur_max=0.0)
+    i2v = torch.tensor([True, False, True])
+    out = condition_channels(first, (3, 16, 3, 4, 4), i2v, torch.tensor([0.2, 0.5, 0.9]), cfg)
+    assert out.shape == (3, 17, 3, 4, 4)
+    torch.testing.assert_close(out[0, :16, 0], first[0, :, 0])
+    assert out[0, 16, 0].eq(1).all() and out[:, :, 1:].eq(0).all() and out[1].eq(0).all()
+    # images (one latent frame) are never I2V; blur grows with t
+    assert condition_channels(first, (3, 16, 1, 4, 4), i2v, torch.ones(3), cfg).eq(0).all()
+    blurred = condition_channels(first, (3, 16, 3, 4, 4), i2v, torch.tensor([0.01, 0.5, 1.0]), ObjectiveConfig())
+    err = [(blurred[k, :16, 0] - first[k, :, 0]).abs().mean() for k in (0, 2)]
+    assert err[0] < 0.05 < err[1]
+
+
+def test_i2v_draw_and_prompt_dropout():
+    is_video = torch.tensor([True] * 500 + [False] * 500)
+    i2v = draw_i2v(is_video, ObjectiveConfig(i2v_ratio=0.5), _g())
+    assert not i2v[500:].any() and 200 < int(i2v[:500].sum()) < 300
+    text, mask = torch.randn(4, 5, 8, generator=_g()), torch.ones(4, 5, dtype=torch.bool)
+    null, null_mask = torch.zeros(7, 8), torch.tensor([True] + [False] * 6)
+    same = drop_prompts(text, mask, null, null_mask, ObjectiveConfig(prompt_dropout=0.0), _g())
+    assert same[0] is text
+    dropped, dmask = drop_prompts(text, mask, null, null_mask, ObjectiveConfig(prompt_dropout=1.0), _g())
+    assert dropped.shape == (4, 7, 8) and dmask.sum(dim=1).eq(1).all() and dropped.eq(0).all()
