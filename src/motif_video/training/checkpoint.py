@@ -1,0 +1,143 @@
+"""Training checkpoints through `torch.distributed.checkpoint` (DCP), written so a kill never leaves a
+checkpoint that looks complete.
+
+Layout of `<run>/checkpoints/`:
+    step-00001000/            a complete checkpoint: DCP files + per-rank state + COMPLETE (written last)
+    step-00001000.partial/    being written (or killed while writing): never read, removed on the next save
+    latest                    text file naming the newest complete checkpoint (atomic replace)
+
+What is saved: model and EMA weights and the optimizer state through DCP (sharded; every rank writes its
+shards, and a checkpoint saved by N ranks loads on M); the LR-scheduler state, the step and the run config
+(rank 0, JSON); per rank, its RNG states and data-reader position (`rank-XXXXX.pt`, tensors and plain values
+only, loaded with `weights_only=True`). Order: DCP save -> per-rank files -> barrier -> rank 0 writes
+COMPLETE, renames `.partial` to the final name and updates `latest`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from motif_video.training.parallel import world
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest COMPLETE checkpoint under `directory`, or None (partial ones are ignored)."""
+    directory = Path(directory)
+    pointer = directory / LATEST
+    if pointer.is_file():
+        candidate = directory / pointer.read_text().strip()
+        if (candidate / COMPLETE).is_file():
+            return candidate
+    complete = sorted(p.parent for p in directory.glob(f"step-*/{COMPLETE}"))
+    return complete[-1] if complete else None
+
+
+def init_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Create optimizer state for EVERY parameter now (a zero-lr step), so parameters that never get a gradient
+    (e.g. the image embedder in T2V-only stages) have state keys too and every checkpoint has the same keys."""
+    get_optimizer_state_dict(model, optimizer)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None,
+    trainer_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Save everything needed to resume exactly; returns the final checkpoint folder."""
+    rank, _ = world()
+    directory = Path(directory)
+    final = directory / checkpoint_name(step)
+    partial = final.with_name(final.name + ".partial")
+    if rank == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)
+    _barrier()
+    state: dict[str, Any] = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    if ema is not None:
+        state["ema"] = ema  # name -> tensor (DTensor shards under FSDP2)
+    dcp.save(state, checkpoint_id=str(partial))
+    torch.save(rank_state, partial / f"rank-{rank:05d}.pt")
+    if rank == 0:
+        (partial / "trainer.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
+    _barrier()
+    if rank == 0:
+        (partial / COMPLETE).write_text(f"{step}\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        tmp = directory / (LATEST + ".tmp")
+        tmp.write_text(final.name + "\n")
+        os.replace(tmp, directory / LATEST)
+        _prune(directory, keep)
+    _barrier()
+    return final
+
+
+def _prune(directory: Path, keep: int) -> None:
+    complete = sorted(p.parent for p in directory.glob(f"step-*/{COMPLETE}"))
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load a COMPLETE checkpoint in place; returns (trainer_state, this rank's rank_state)."""
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE} marker): it was interrupted while saving")
+    rank, _ = world()
+    state: dict[str, Any] = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    if ema is not None:
+        state["ema"] = ema  # loaded in place
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    trainer_state = json.loads((path / "trainer.json").read_text())
+    rank_file = path / f"rank-{rank:05d}.pt"
+    if not rank_file.is_file():
+        raise ValueError(f"{path} was saved with fewer ranks (no {rank_file.name}); resume with the same world size")
+    rank_state = torch.load(rank_file, weights_only=True)
+    return trainer_state, rank_state
