@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     fwd.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="(default float32)")
     fwd.set_defaults(func=_forward)
     _add_generate(sub)
+    from motif_video.data.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
     return parser
 
 
