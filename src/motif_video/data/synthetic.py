@@ -75,13 +75,14 @@ def synthetic_sample(
     rng: np.random.Generator,
     image_tokens: bool = True,
     teacher: bool = True,
+    text_dim: int = TEXT_DIM,
 ) -> tuple[SampleMeta, dict[str, torch.Tensor]]:
     """One tiny sample of `bucket` with random tensors (text length and image-token count vary per sample)."""
     is_image = bucket[0] == 1
     lat = latent_shape(bucket)
     tensors = {
         "latents": torch.from_numpy(rng.standard_normal(lat).astype(np.float32)),
-        "text": torch.from_numpy(rng.standard_normal((int(rng.integers(3, 11)), TEXT_DIM)).astype(np.float32)),
+        "text": torch.from_numpy(rng.standard_normal((int(rng.integers(3, 11)), text_dim)).astype(np.float32)),
     }
     if not is_image:
         tensors["first_frame"] = torch.from_numpy(rng.standard_normal((16, 1, lat[2], lat[3])).astype(np.float32))
@@ -104,6 +105,7 @@ def write_synthetic_shards(
     seed: int = 0,
     image_tokens: bool = True,
     teacher: bool = True,
+    text_dim: int = TEXT_DIM,
 ) -> list[Path]:
     """Write `num_shards` Zipf-skewed shards (sizes uniform in `samples_per_shard`, inclusive); returns index paths.
 
@@ -119,7 +121,7 @@ def write_synthetic_shards(
         size = int(rng.integers(samples_per_shard[0], samples_per_shard[1] + 1))
         choice = rng.choice(num_buckets, size=size, p=p / p.sum())
         samples = [
-            synthetic_sample(f"s{s:05d}-{i:05d}", tuple(buckets[int(b)]), rng, image_tokens, teacher)
+            synthetic_sample(f"s{s:05d}-{i:05d}", tuple(buckets[int(b)]), rng, image_tokens, teacher, text_dim)
             for i, b in enumerate(choice)
         ]
         paths.append(write_shard(directory, s, samples))

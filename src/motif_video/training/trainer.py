@@ -9,8 +9,9 @@ inside a checkpointed region; the data order is the reader's own seed. Both gene
 position are saved with every checkpoint, so a run killed at any point and resumed (`resume=True`, the default)
 continues from its last COMPLETE checkpoint and ends bit-identical to an uninterrupted run.
 
-A batch is a dict: latents (B, 16, F', h, w); text (B, L, D); text_mask (B, L); optional first_frame
-(B, 16, 1, h, w). The reader is any iterator of batches with `state_dict()` / `load_state_dict()`.
+A batch is a dict (or a `data.shard_reader.Batch`): latents (B, 16, F', h, w); text (B, L, D); text_mask (B, L);
+optional first_frame (B, 16, 1, h, w). The reader is any iterator of batches with `state_dict()` /
+`load_state_dict()`, e.g. `data.shard_reader.ShardReader`.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def train(
 
 def training_step(
     model: torch.nn.Module,
-    batch: dict[str, Any],
+    batch: dict[str, Any] | Any,
     config: TrainConfig,
     generator: torch.Generator,
     null_text: tuple[torch.Tensor, torch.Tensor],
@@ -168,6 +169,8 @@ def training_step(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward: draws (t, eps, I2V, dropout, route) from `generator` in a fixed order; returns the loss."""
     obj = config.objective
+    if not isinstance(batch, dict):  # a data.shard_reader.Batch
+        batch = {k: getattr(batch, k) for k in ("latents", "text", "text_mask", "first_frame")}
     x0 = batch["latents"].to(device=device, dtype=torch.float32)
     b, _, frames, h, w = x0.shape
     t = sample_timesteps(b, obj, generator)
