@@ -72,7 +72,6 @@ def _generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
     )
-    settings.validate()  # before any model is loaded
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for path in generate(settings):
         print(path)

@@ -16,6 +16,7 @@ across steps (text and image tokens, conditioning channels, RoPE tables) is comp
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -404,27 +405,24 @@ class MotifVideoPipeline:
             device=str(device),
         )
 
-        # 5. denoising loop
+        # 5. denoising loop (the batched cond|uncond text is built once, again only if a callback changes it)
         state = GuidanceState()
         self._interrupt = False
+        joint = self._joint_text(cond, cond_mask, uncond, uncond_mask, image_embeds) if batch_guidance else None
         with self._using("transformer"), tqdm(total=num_steps, **self._progress_kwargs) as bar:
             for i, t in enumerate(step_timesteps):
                 if self._interrupt:
                     break
-                use_uncond = guide.active(i, num_steps)
                 x = torch.cat([latents.to(dtype), channels], dim=1)
                 model_t = to_model_timestep(model_sigmas[i]).expand(batch)
-                v_cond, v_uncond = self._predict(
-                    x,
-                    model_t,
-                    cond,
-                    cond_mask,
-                    uncond if use_uncond else None,
-                    uncond_mask,
-                    image_embeds,
-                    attention_kwargs,
-                    batch_guidance,
-                )
+                forward = functools.partial(self._forward, attention_kwargs=attention_kwargs)
+                if not guide.active(i, num_steps):
+                    v_cond, v_uncond = forward(x, model_t, cond, cond_mask, image_embeds), None
+                elif joint is not None:
+                    v_cond, v_uncond = forward(torch.cat([x, x]), torch.cat([model_t, model_t]), *joint).chunk(2)
+                else:
+                    v_cond = forward(x, model_t, cond, cond_mask, image_embeds)
+                    v_uncond = forward(x, model_t, uncond, uncond_mask, image_embeds)
                 velocity = combine(v_cond.float(), None if v_uncond is None else v_uncond.float(), guide, state)
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
@@ -432,8 +430,11 @@ class MotifVideoPipeline:
                     out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
                     out = out or {}
                     latents = out.get("latents", latents).to(torch.float32)
-                    cond = out.get("prompt_embeds", cond)
-                    uncond = out.get("negative_prompt_embeds", uncond)
+                    if "prompt_embeds" in out or "negative_prompt_embeds" in out:
+                        cond = out.get("prompt_embeds", cond)
+                        uncond = out.get("negative_prompt_embeds", uncond)
+                        if joint is not None:
+                            joint = self._joint_text(cond, cond_mask, uncond, uncond_mask, image_embeds)
                 bar.update()
 
         # 6. decode
@@ -459,41 +460,42 @@ class MotifVideoPipeline:
         return VideoProcessor(vae_scale_factor=latent_ops.VAE_SPATIAL).postprocess_video(video, output_type=output_type)
 
     # ----------------------------------------------------------------- helpers
-    def _predict(
+    def _forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
+        text: torch.Tensor,
+        mask: torch.Tensor,
+        image: torch.Tensor | None,
+        attention_kwargs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """One transformer call: x (B, 33, F', h, w), t (B,) on 0..1000, text (B, L, D) -> velocity (B, 16, ...)."""
+        return self.transformer(
+            hidden_states=x,
+            timestep=t,
+            encoder_hidden_states=text,
+            encoder_attention_mask=mask,
+            image_embeds=image,
+            attention_kwargs=attention_kwargs,
+            return_dict=False,
+        )[0]
+
+    @staticmethod
+    def _joint_text(
         cond: torch.Tensor,
         cond_mask: torch.Tensor,
         uncond: torch.Tensor | None,
         uncond_mask: torch.Tensor | None,
         image_embeds: torch.Tensor | None,
-        attention_kwargs: dict[str, Any] | None,
-        batch_guidance: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Velocity for the conditional (and unconditional) text; one batched forward when allowed."""
-
-        def forward(x_, t_, text, mask, image):
-            return self.transformer(
-                hidden_states=x_,
-                timestep=t_,
-                encoder_hidden_states=text,
-                encoder_attention_mask=mask,
-                image_embeds=image,
-                attention_kwargs=attention_kwargs,
-                return_dict=False,
-            )[0]
-
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """[cond; uncond] text (2B, L, D), mask and image tokens for one batched guidance forward."""
         if uncond is None:
-            return forward(x, t, cond, cond_mask, image_embeds), None
-        if not batch_guidance:
-            return forward(x, t, cond, cond_mask, image_embeds), forward(x, t, uncond, uncond_mask, image_embeds)
+            return None
         length = max(cond.shape[1], uncond.shape[1])
         c, cm = conditioning.pad_text(cond, cond_mask, length)
         u, um = conditioning.pad_text(uncond, uncond_mask, length)
         image2 = None if image_embeds is None else torch.cat([image_embeds, image_embeds])
-        out = forward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, u]), torch.cat([cm, um]), image2)
-        return out.chunk(2)
+        return torch.cat([c, u]), torch.cat([cm, um]), image2
 
     def _resolve_guidance(
         self,

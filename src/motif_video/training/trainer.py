@@ -141,14 +141,19 @@ def train(
             update_ema(ema, model, config.ema_decay)
         step += 1
         ran += 1
-        if step % config.log_every == 0 or step == config.steps:
+        log_now = step % config.log_every == 0 or step == config.steps
+        save_now = step % config.checkpoint_every == 0 or step == config.steps
+        if (log_now or save_now) and not math.isfinite(float(loss.detach())):  # a host sync only on these steps
+            raise FloatingPointError(f"non-finite loss at step {step}: lower the learning rate or check the data")
+        if log_now:
             norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            row = dict(step=step, loss=float(loss), grad_norm=float(norm), lr=scheduler.get_last_lr()[0], **extras)
+            lr = scheduler.get_last_lr()[0]
+            row = dict(step=step, loss=float(loss.detach()), grad_norm=float(norm), lr=lr, **extras)
             row["step_s"] = time.perf_counter() - started
             logs.append(row)
             if on_log is not None and rank == 0:
                 on_log(row)
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if save_now:  # never after a non-finite loss (checked above)
             trainer_state = dict(
                 step=step, scheduler=scheduler.state_dict(), world_size=world_size, config=_jsonable(asdict(config))
             )
@@ -197,10 +202,7 @@ def training_step(
         encoder_attention_mask=mask.to(device),
         route=route,
     )
-    loss = flow_loss(out.sample, target)
-    if not math.isfinite(float(loss.detach())):
-        raise FloatingPointError(f"non-finite loss {float(loss.detach())}: lower the learning rate or check the data")
-    return loss, extras
+    return flow_loss(out.sample, target), extras
 
 
 def _jsonable(value: Any) -> Any:
