@@ -166,7 +166,7 @@ def test_incomplete_checkpoint_is_refused(tmp_path):
 def _grads_and_loss(model: torch.nn.Module, batch: dict, seed: int) -> tuple[float, dict[str, torch.Tensor]]:
     config = TrainConfig(steps=1, objective=ObjectiveConfig(i2v_ratio=0.0, prompt_dropout=0.0))
     g = torch.Generator().manual_seed(seed)
-    loss, _ = training_step(
+    loss, _, _ = training_step(
         model, batch, config, g, (torch.zeros(1, TEXT_DIM), torch.ones(1, dtype=torch.bool)), torch.device("cpu")
     )
     loss.backward()

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from motif_video.data.manifest import (
     CaptionProbs,
@@ -45,7 +46,16 @@ from motif_video.data.manifest import (
     parse_buckets,
     read_manifest,
 )
-from motif_video.data.schema import INDEX_SUFFIX, SHARD_PATTERN, Bucket, IndexEntry, SampleMeta, ShardIndex, bucket_name
+from motif_video.data.schema import (
+    INDEX_SUFFIX,
+    NULL_TEXT_FILE,
+    SHARD_PATTERN,
+    Bucket,
+    IndexEntry,
+    SampleMeta,
+    ShardIndex,
+    bucket_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +70,14 @@ STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32":
 class SampleEncoder:
     """VAE, text encoder and (optionally) SigLIP of a release folder; turns one clip + caption into tensors."""
 
-    def __init__(self, model_folder: str | Path, device: torch.device, dtype: torch.dtype, image_tokens: bool) -> None:
+    def __init__(
+        self,
+        model_folder: str | Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        image_tokens: bool,
+        teacher: tuple[str, str | None] | None = None,
+    ) -> None:
         from motif_video.pipeline import MotifVideoPipeline
 
         skip = {"transformer": None, "scheduler": None}  # the 2B transformer is not needed to encode data
@@ -74,6 +91,25 @@ class SampleEncoder:
         self.text_encoder = pipe.text_encoder.to(device).eval()
         self.tokenizer, self.feature_extractor = pipe.tokenizer, pipe.feature_extractor
         self.device, self.dtype, self.image_tokens = device, dtype, image_tokens
+        self.teacher = None
+        if teacher is not None:  # REPA targets on the latent token grid (training.repa, feature_source="shards")
+            from motif_video.training.repa import REPAConfig
+            from motif_video.training.teachers import load_teacher
+
+            repa = REPAConfig(enabled=True, teacher=teacher[0], teacher_path=teacher[1])
+            self.teacher = load_teacher(
+                repa.teacher, repa.teacher_source, torch.float32, device, **repa.teacher_options()
+            )
+
+    @torch.no_grad()
+    def null_text(self, max_sequence_length: int) -> torch.Tensor:
+        """The empty prompt's encoding (L, D): what prompt dropout trains on (written as null_text.safetensors)."""
+        from motif_video.pipeline.conditioning import encode_text
+
+        embeds, mask = encode_text(
+            self.tokenizer, self.text_encoder, [""], max_sequence_length, self.device, torch.float32
+        )
+        return embeds[0][mask[0]].to("cpu", torch.float32).contiguous()
 
     @torch.no_grad()
     def encode(self, clip: Clip, caption: str, is_image: bool, max_sequence_length: int) -> dict[str, torch.Tensor]:
@@ -93,6 +129,11 @@ class SampleEncoder:
             out["first_frame"] = encode_first_frames(self.vae, first, None, sample=False)[0]  # (16, 1, h, w)
         if self.image_tokens:
             out["image_tokens"] = siglip_tokens(self.vision_tower, self.feature_extractor, first, self.device)[0]
+        if self.teacher is not None:
+            from motif_video.training.repa import latent_token_grid, teacher_targets
+
+            grid = latent_token_grid(*video.shape[2:])
+            out["teacher"] = teacher_targets(self.teacher, video.float(), grid)[0]  # (N, D_t)
         return {name: t.to("cpu", self.dtype).contiguous() for name, t in out.items()}
 
 
@@ -183,9 +224,12 @@ def prepare(
     image_tokens: bool = False,
     max_sequence_length: int = 512,
     device: str | torch.device = "auto",
+    teacher: tuple[str, str | None] | None = None,
 ) -> PrepareReport:
     """Encode this rank's shards of `manifest` into `out_dir` (see the module docstring); rank/world None: 0 of 1.
 
+    teacher: (name, local folder or hub id or None) of a REPA teacher whose targets are stored per sample.
+    Rank 0 also writes `null_text.safetensors` (the empty prompt's encoding, key `text`) once.
     Raises ValueError for bad arguments or a malformed manifest (before any model is loaded); bad input FILES
     are skipped and reported, never raised.
     """
@@ -217,8 +261,13 @@ def prepare(
             report.failed.update({k: v for k, v in previous.items() if k in keys})  # their reasons still hold
         else:
             todo.append(i)
-    if todo:
-        encoder = SampleEncoder(model_folder, _device(device), store_dtype, image_tokens)
+    null_path = out / NULL_TEXT_FILE
+    if todo or (rank == 0 and not null_path.is_file()):
+        encoder = SampleEncoder(model_folder, _device(device), store_dtype, image_tokens, teacher)
+        if rank == 0 and not null_path.is_file():
+            tmp = null_path.with_name(null_path.name + ".tmp")
+            save_file({"text": encoder.null_text(max_sequence_length)}, str(tmp))
+            os.replace(tmp, null_path)
         for i in todo:
             _write_shard(out / SHARD_PATTERN.format(index=i), [items[j] for j in ranges[i]], encoder, settings, report)
             report.seconds = time.perf_counter() - start
@@ -334,6 +383,8 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     cmd.add_argument(
         "--caption-probs", default="0.5,0.3,0.2", help="long,short,first_sentence probabilities (default 0.5,0.3,0.2)"
     )
+    cmd.add_argument("--teacher", choices=["dinov2", "vjepa2"], help="also store REPA targets of this teacher")
+    cmd.add_argument("--teacher-path", help="teacher folder or hub id (default: the teacher's official hub id)")
     cmd.add_argument("--max-text-tokens", type=int, default=512, help="text tokens kept per caption (default 512)")
     cmd.set_defaults(func=run_prepare_command)
     return cmd
@@ -360,6 +411,7 @@ def run_prepare_command(args: argparse.Namespace) -> int:
         image_tokens=args.image_tokens,
         max_sequence_length=args.max_text_tokens,
         device=args.device,
+        teacher=(args.teacher, args.teacher_path) if args.teacher else None,
     )
     print(report.summary())
     return 0

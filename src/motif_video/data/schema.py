@@ -27,6 +27,7 @@ from typing import Any
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 INDEX_SUFFIX = ".index.json"
+NULL_TEXT_FILE = "null_text.safetensors"  # the empty prompt's encoding, key `text` (L, D); prompt dropout
 TENSOR_KEYS = ("latents", "text", "first_frame", "image_tokens", "teacher")
 REQUIRED_TENSORS = ("latents", "text")
 CAPTION_VARIANTS = ("long", "short", "first_sentence")

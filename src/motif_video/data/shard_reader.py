@@ -171,7 +171,7 @@ def decode_sample(path: Path, shard: int, key: str, meta_bytes: bytes, tensor_by
     return Sample(key=key, shard=shard, meta=meta, tensors=tensors)
 
 
-def _resolve_shards(source: Path | str | Sequence[Path | str], rank: int) -> list[Path]:
+def resolve_shards(source: Path | str | Sequence[Path | str], rank: int) -> list[Path]:
     """A plan folder (this rank's plan), a data folder (its complete shards), or a list of tar / index paths."""
     if isinstance(source, (str, Path)):
         folder = Path(source)
@@ -201,7 +201,7 @@ class ShardReader:
         drop_last: bool = True,
         num_epochs: int | None = None,
     ):
-        self.shards = _resolve_shards(source, rank)
+        self.shards = resolve_shards(source, rank)
         if not self.shards:
             raise ShardReadError(f"no shards to read for rank {rank} from {source}")
         self.rank, self.seed, self.batch_sizes = rank, seed, batch_sizes

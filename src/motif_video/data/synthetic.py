@@ -90,7 +90,7 @@ def synthetic_sample(
         n_img = int(rng.integers(4, 7))
         tensors["image_tokens"] = torch.from_numpy(rng.standard_normal((n_img, IMAGE_DIM)).astype(np.float32))
     if teacher:
-        n_tok = lat[1] * lat[2] * lat[3]
+        n_tok = lat[1] * (lat[2] // 2) * (lat[3] // 2)  # the token grid: latents in 2 x 2 patches
         tensors["teacher"] = torch.from_numpy(rng.standard_normal((n_tok, TEACHER_DIM)).astype(np.float32))
     meta = SampleMeta(key=key, bucket=bucket, caption=f"synthetic clip {key}", source="synthetic", is_image=is_image)
     return meta, tensors

@@ -252,6 +252,7 @@ class MotifVideoTransformer(nn.Module):
         *,
         route: TokenRoute | None = None,
         repa_block: int | None = None,
+        image_embeds_mask: torch.Tensor | None = None,
     ) -> MotifVideoTransformerOutput | tuple[torch.Tensor, ...]:
         """Predict the flow velocity v = eps - x0.
 
@@ -259,7 +260,8 @@ class MotifVideoTransformer(nn.Module):
         timestep: (B,) or scalar on the 0..1000 scale; encoder_hidden_states: (B, L, text_embed_dim);
         encoder_attention_mask: (B, L), nonzero = valid; image_embeds: (B, L_img, image_embed_dim).
         route: optional TREAD route (training); repa_block: global block index whose output video tokens
-        are returned as `repa_features` (gathered like the route when the block lies inside it).
+        are returned as `repa_features` (gathered like the route when the block lies inside it);
+        image_embeds_mask: (B, L_img), zero = that sample has no image tokens (joint T2V/I2V training batches).
         With the defaults this is exactly the inference graph of the reference.
         """
         if attention_kwargs and float(attention_kwargs.get("scale", 1.0)) != 1.0:
@@ -287,8 +289,14 @@ class MotifVideoTransformer(nn.Module):
             ctx = torch.cat((self.image_embedder(image_embeds.to(dtype)), ctx), dim=1)
             image_len = image_embeds.shape[1]
         ctx_mask = None
-        if text_mask is not None:
-            ctx_mask = torch.cat((text_mask.new_ones(b, image_len), text_mask), dim=1)
+        if image_embeds_mask is not None and image_embeds is None:
+            raise ValueError("image_embeds_mask was given without image_embeds")
+        if image_embeds_mask is not None and image_embeds_mask.shape != (b, image_len):
+            raise ValueError(f"image_embeds_mask must be (B, L_img) = {(b, image_len)}, got {image_embeds_mask.shape}")
+        if text_mask is not None or image_embeds_mask is not None:
+            image_mask = x.new_ones(b, image_len, dtype=torch.bool) if image_embeds_mask is None else image_embeds_mask
+            valid_text = x.new_ones(b, text.shape[1], dtype=torch.bool) if text_mask is None else text_mask.bool()
+            ctx_mask = torch.cat((image_mask.bool(), valid_text), dim=1)
         cos, sin = self.rope(grid, hidden_states.device)
 
         def context_for(n_video: int, routed: bool, decoder: bool) -> AttentionContext:

@@ -141,3 +141,33 @@ def load_checkpoint(
         raise ValueError(f"{path} was saved with fewer ranks (no {rank_file.name}); resume with the same world size")
     rank_state = torch.load(rank_file, weights_only=True)
     return trainer_state, rank_state
+
+
+def load_weights(
+    path: str | Path, model: torch.nn.Module, *, ema: bool = False
+) -> tuple[dict[str, torch.Tensor] | None, list[str]]:
+    """Load the model weights of a COMPLETE checkpoint into an UNSHARDED `model`, by name, where shapes match.
+
+    For the start of a curriculum stage: parameters the checkpoint lacks or holds in another shape (a newly
+    inserted cross-attention, a projector for another teacher) keep their current values and are returned by
+    name. With `ema=True` the checkpoint's EMA is returned too (name -> tensor, the same names), else None.
+    """
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE} marker): it was interrupted while saving")
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    current = model.state_dict()
+    wanted: dict[str, Any] = {"model": {}, "ema": {}}
+    fresh = []
+    for name, tensor in current.items():
+        meta = saved.get(f"model.{name}")
+        if meta is None or tuple(getattr(meta, "size", ())) != tuple(tensor.shape):
+            fresh.append(name)
+            continue
+        wanted["model"][name] = tensor
+        if ema and f"ema.{name}" in saved:
+            wanted["ema"][name] = torch.empty_like(tensor)
+    request = {k: v for k, v in wanted.items() if v}
+    dcp.load(request, checkpoint_id=str(path), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    model.load_state_dict({**current, **wanted["model"]})
+    return (wanted["ema"] if ema else None), fresh

@@ -10,8 +10,16 @@ position are saved with every checkpoint, so a run killed at any point and resum
 continues from its last COMPLETE checkpoint and ends bit-identical to an uninterrupted run.
 
 A batch is a dict (or a `data.shard_reader.Batch`): latents (B, 16, F', h, w); text (B, L, D); text_mask (B, L);
-optional first_frame (B, 16, 1, h, w). The reader is any iterator of batches with `state_dict()` /
-`load_state_dict()`, e.g. `data.shard_reader.ShardReader`.
+optional first_frame (B, 16, 1, h, w), image_tokens (B, L_img, D_img) + image_tokens_mask (B, L_img) (SigLIP
+tokens of the first frame, given to the I2V samples of the batch only) and teacher (B, N, D_t) (REPA targets on the
+latent token grid, `feature_source="shards"`). The reader is any iterator of batches with `state_dict()` /
+`load_state_dict()`, e.g. `data.shard_reader.ShardReader` or `interleave.InterleavedBatches`.
+
+REPA (`config.repa`): the model must be a `train_module.TrainModule` with a projector; the tap's projected features
+are aligned to the teacher targets, gathered with the route's keep indices when the tap lies inside the route.
+Targets come from the batch (`feature_source="shards"`) or from `teacher(latents)` (online). REPA is on while
+`repa.active(step)` (the step counted within this `train` call, i.e. within the curriculum stage).
+Only parameters with `requires_grad` are optimised (LoRA freezes the base); EMA follows those parameters.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from motif_video.training.objective import (
     sample_timesteps,
 )
 from motif_video.training.parallel import world
+from motif_video.training.repa import REPAConfig, gather_like_route, repa_loss, tap_keep
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +76,7 @@ class TrainConfig:
     log_every: int = 10
     route: RouteConfig | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    repa: REPAConfig | None = None
 
 
 class Batches(Iterator[dict]):
@@ -81,14 +91,28 @@ def warmup_constant(warmup_steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def make_ema(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+def make_ema(model: torch.nn.Module, init: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """EMA of the trainable parameters; `init` (e.g. the previous curriculum stage's EMA) wins where it has a
+    tensor of the same shape, the current weights elsewhere (e.g. a newly inserted cross-attention)."""
+    init = init or {}
+    ema = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            given = init.get(name)
+            same = given is not None and tuple(given.shape) == tuple(p.shape)
+            ema[name] = given.detach().clone().to(p) if same else p.detach().clone()
+    return ema
 
 
 @torch.no_grad()
 def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     for name, p in model.named_parameters():
-        ema[name].lerp_(p.detach(), 1.0 - decay)
+        if name in ema:
+            ema[name].lerp_(p.detach(), 1.0 - decay)
+
+
+StepFlops = Callable[[tuple[int, ...], int, int, "RouteConfig | None"], float]
+"""(latents shape, text length, image-token length, route) -> FLOPs of one training step on that batch."""
 
 
 def train(
@@ -101,16 +125,29 @@ def train(
     resume: bool = True,
     stop_after: int | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ema_init: dict[str, torch.Tensor] | None = None,
+    step_flops: StepFlops | None = None,
+    peak_flops: float | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train to `config.steps`; returns the log rows. `stop_after` ends the process's run early (testing)."""
+    """Train to `config.steps`; returns the log rows. `stop_after` ends the process's run early (testing).
+
+    teacher: online REPA targets, clean latents (B, 16, F', h, w) -> (B, N, D_t); ema_init: starting EMA (a
+    previous stage's); step_flops / peak_flops: FLOPs per step and the device peak, for the tflops and MFU fields.
+    """
     rank, world_size = world()
     device = next(model.parameters()).device
+    _check_repa(config.repa, model, teacher)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters (requires_grad is False everywhere)")
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=False
+        trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=False
     )
     init_optimizer_state(model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(config.warmup_steps))
-    ema = make_ema(model) if config.ema_decay is not None else None
+    ema = make_ema(model, ema_init) if config.ema_decay is not None else None
     generator = torch.Generator(device="cpu").manual_seed(config.seed * 100_003 + rank)
     checkpoints = Path(run_dir) / "checkpoints"
     step = 0
@@ -128,12 +165,13 @@ def train(
     logs: list[dict[str, Any]] = []
     model.train()
     ran = 0
+    window = _Window()
     while step < config.steps and (stop_after is None or ran < stop_after):
         started = time.perf_counter()
         batch = next(reader)
-        loss, extras = training_step(model, batch, config, generator, null_text, device)
+        loss, parts, extras = training_step(model, batch, config, generator, null_text, device, step, teacher)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -141,16 +179,23 @@ def train(
             update_ema(ema, model, config.ema_decay)
         step += 1
         ran += 1
+        if on_step is not None:
+            on_step(step)
+        window.add(extras, step_flops, config.route)
         log_now = step % config.log_every == 0 or step == config.steps
         save_now = step % config.checkpoint_every == 0 or step == config.steps
         if (log_now or save_now) and not math.isfinite(float(loss.detach())):  # a host sync only on these steps
             raise FloatingPointError(f"non-finite loss at step {step}: lower the learning rate or check the data")
         if log_now:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            lr = scheduler.get_last_lr()[0]
-            row = dict(step=step, loss=float(loss.detach()), grad_norm=float(norm), lr=lr, **extras)
+            row = dict(step=step, loss=float(loss.detach()), grad_norm=float(norm), lr=scheduler.get_last_lr()[0])
+            row.update({name: float(value.detach()) for name, value in parts.items()})
+            row.update(window.rates(time.perf_counter(), world_size, peak_flops))
             row["step_s"] = time.perf_counter() - started
             logs.append(row)
+            window = _Window()
             if on_log is not None and rank == 0:
                 on_log(row)
         if save_now:  # never after a non-finite loss (checked above)
@@ -164,6 +209,51 @@ def train(
     return logs
 
 
+class _Window:
+    """Counts between two log rows: samples, video tokens, FLOPs, TREAD keep ratio, wall time."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.steps = self.samples = self.tokens = 0
+        self.flops = 0.0
+        self.keep: list[float] = []
+        self.i2v: list[float] = []
+
+    def add(self, extras: dict[str, Any], step_flops: StepFlops | None, route: RouteConfig | None) -> None:
+        self.steps += 1
+        self.samples += extras["samples"]
+        self.tokens += extras["tokens"]
+        self.i2v.append(extras["i2v"])
+        if "tread_keep" in extras:
+            self.keep.append(extras["tread_keep"])
+        if step_flops is not None:
+            self.flops += step_flops(extras["shape"], extras["text_len"], extras["image_len"], route)
+
+    def rates(self, now: float, world_size: int, peak: float | None) -> dict[str, float]:
+        seconds = max(now - self.started, 1e-9)
+        out = {
+            "samples_per_s": world_size * self.samples / seconds,
+            "tokens_per_s": world_size * self.tokens / seconds,
+            "i2v_fraction": sum(self.i2v) / max(len(self.i2v), 1),
+        }
+        if self.keep:
+            out["tread_keep"] = sum(self.keep) / len(self.keep)
+        if self.flops:
+            out["tflops_per_device"] = self.flops / seconds / 1e12
+            if peak:
+                out["mfu"] = self.flops / seconds / peak
+        return out
+
+
+def _check_repa(repa: REPAConfig | None, model: torch.nn.Module, teacher: Callable | None) -> None:
+    if repa is None or not repa.enabled:
+        return
+    if getattr(model, "repa_projector", None) is None:
+        raise ValueError("REPA is enabled: wrap the transformer in training.train_module.TrainModule with a projector")
+    if repa.feature_source == "online" and teacher is None:
+        raise ValueError("REPA feature_source='online' needs a teacher (see training.repa_online.OnlineTargets)")
+
+
 def training_step(
     model: torch.nn.Module,
     batch: dict[str, Any] | Any,
@@ -171,11 +261,16 @@ def training_step(
     generator: torch.Generator,
     null_text: tuple[torch.Tensor, torch.Tensor],
     device: torch.device,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """One forward: draws (t, eps, I2V, dropout, route) from `generator` in a fixed order; returns the loss."""
+    step: int = 0,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+    """One forward: draws (t, eps, I2V, dropout, route) from `generator` in a fixed order.
+
+    Returns (total loss, its parts as tensors {flow_loss, repa_loss}, plain counts for the metrics)."""
     obj = config.objective
     if not isinstance(batch, dict):  # a data.shard_reader.Batch
-        batch = {k: getattr(batch, k) for k in ("latents", "text", "text_mask", "first_frame")}
+        names = ("latents", "text", "text_mask", "first_frame", "image_tokens", "image_tokens_mask", "teacher")
+        batch = {k: getattr(batch, k, None) for k in names}
     x0 = batch["latents"].to(device=device, dtype=torch.float32)
     b, _, frames, h, w = x0.shape
     t = sample_timesteps(b, obj, generator)
@@ -188,21 +283,50 @@ def training_step(
     text, mask = drop_prompts(
         batch["text"].float(), batch["text_mask"].bool(), null_text[0], null_text[1], obj, generator
     )
+    cfg = model.config
+    num_tokens = (frames // cfg.patch_size_t) * (h // cfg.patch_size) * (w // cfg.patch_size)
     route = None
-    extras: dict[str, float] = {"i2v_fraction": float(i2v.float().mean())}
+    extras: dict[str, Any] = {"samples": b, "tokens": b * num_tokens, "shape": tuple(x0.shape), "image_len": 0}
     if config.route is not None:
-        p = model.config.patch_size
-        num_tokens = (frames // model.config.patch_size_t) * (h // p) * (w // p)
-        route = random_route(b, num_tokens, config.route.ratio, config.route.start, config.route.end, generator, device)
+        r = config.route
+        route = random_route(b, num_tokens, r.ratio, r.start, r.end, generator, device)
         extras["tread_keep"] = route.keep.shape[1] / num_tokens
-    out = model(
+    kwargs: dict[str, Any] = dict(
         hidden_states=torch.cat([xt, cond], dim=1),
         timestep=to_model_timestep(t.to(device)),
         encoder_hidden_states=text.to(device),
         encoder_attention_mask=mask.to(device),
         route=route,
     )
-    return flow_loss(out.sample, target), extras
+    image_tokens = batch.get("image_tokens")
+    if image_tokens is not None and cfg.image_embed_dim is not None and bool(i2v.any()):
+        # SigLIP tokens of the first frame condition the I2V samples only; T2V samples see none (masked out).
+        image_mask = batch.get("image_tokens_mask")
+        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.bool) if image_mask is None else image_mask.bool()
+        kwargs["image_embeds"] = image_tokens.to(device=device, dtype=torch.float32)
+        kwargs["image_embeds_mask"] = (image_mask & i2v[:, None]).to(device)
+        extras["image_len"] = image_tokens.shape[1]
+    extras["text_len"] = text.shape[1]
+    repa = config.repa
+    repa_on = repa is not None and repa.active(step)
+    if repa_on:
+        kwargs["repa_block"] = repa.tap_block
+    result = model(**kwargs)
+    sample, features = result if isinstance(result, tuple) else (result.sample, None)
+    loss = flow_loss(sample, target)
+    parts = {"flow_loss": loss.detach()}
+    if repa_on:
+        targets = batch.get("teacher") if repa.feature_source == "shards" else teacher(x0)
+        if targets is None:
+            raise ValueError(
+                "REPA feature_source='shards' but the batch has no 'teacher' tensor: prepare with --teacher"
+            )
+        targets = gather_like_route(targets.to(device=device, dtype=torch.float32), tap_keep(route, repa.tap_block))
+        aux = repa_loss(features, targets)
+        parts["repa_loss"] = aux.detach()
+        loss = loss + repa.weight * aux
+    extras["i2v"] = float(i2v.float().mean())
+    return loss, parts, extras
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,326 @@
+"""Run a `Recipe`: its stages in order, each a resumable `train()` call, with metrics and a final export.
+
+Layout of a run folder:
+    recipe.json                      the resolved recipe (a different recipe in the same folder is an error)
+    metrics.jsonl, tensorboard/      one row per log step, global step numbers (`metrics.py`)
+    data/<stage>-<source>/           synthetic shards (only for `path = "synthetic"` sources)
+    stages/NN-<name>/checkpoints/    that stage's checkpoints (`checkpoint.py`); complete at step == stage.steps
+    final/transformer/               the last stage's EMA (or raw) weights in the official folder format
+
+Stage boundaries (OUR CHOICES, documented): each stage starts from the previous stage's final weights and EMA;
+the AdamW moments and the LR schedule restart (a new stage changes resolution, data mix and often the parameter
+set); a stage that inserts Shared Cross-Attention does it after loading and before building the optimizer; the
+REPA projector is carried over when the next stage's teacher has the same width, else made fresh. The per-rank
+generator is seeded from (recipe seed + stage index, rank), and each source's reader from the same seed.
+
+Resume: stages whose final checkpoint exists are skipped; the stage in progress continues from its latest
+complete checkpoint bit-exactly (`trainer.train`); a stage that has none starts from the previous stage's end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from motif_video.data.schema import NULL_TEXT_FILE, complete_shards, parse_bucket
+from motif_video.data.shard_reader import ShardReader, decode_sample, read_tar, resolve_shards
+from motif_video.models.config import MotifVideoConfig, get_preset
+from motif_video.models.transformer import MotifVideoTransformer
+from motif_video.training.checkpoint import latest_checkpoint, load_weights
+from motif_video.training.insert_cross_attention import insert_shared_cross_attention
+from motif_video.training.interleave import InterleavedBatches
+from motif_video.training.parallel import is_distributed, parallelize, world
+from motif_video.training.recipe import SYNTHETIC, Recipe, Source, Stage
+from motif_video.training.repa import REPAProjector
+from motif_video.training.train_module import TrainModule, unwrap
+from motif_video.training.trainer import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+RECIPE_FILE = "recipe.json"
+
+
+def stage_dir(run_dir: Path, index: int, stage: Stage) -> Path:
+    return Path(run_dir) / "stages" / f"{index:02d}-{stage.name}"
+
+
+def stage_final(run_dir: Path, index: int, stage: Stage) -> Path | None:
+    """The stage's final checkpoint if it finished, else None."""
+    found = latest_checkpoint(stage_dir(run_dir, index, stage) / "checkpoints")
+    if found is None:
+        return None
+    step = int(json.loads((found / "trainer.json").read_text())["step"])
+    return found if step >= stage.steps else None
+
+
+def build_transformer(recipe: Recipe) -> MotifVideoTransformer:
+    """The starting transformer (fp32, CPU) of a recipe: a preset, a config.json, or pretrained weights."""
+    source = recipe.model
+    if source.pretrained:
+        folder = Path(source.pretrained)
+        if (folder / "transformer").is_dir():
+            folder = folder / "transformer"
+        return MotifVideoTransformer.from_pretrained(str(folder), torch_dtype=torch.float32, fuse_qkv=False)
+    if source.preset:
+        config = get_preset(source.preset)
+    else:
+        config = MotifVideoConfig.from_dict(json.loads(Path(source.config).read_text()))
+    model = MotifVideoTransformer(config.replace(**source.overrides) if source.overrides else config)
+    model.init_weights(generator=torch.Generator().manual_seed(recipe.seed))
+    return model
+
+
+def run_recipe(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    resume: bool = True,
+    stop_after: int | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every unfinished stage; returns the log rows of this call (global step numbers).
+
+    stop_after: end this call after that many optimizer steps in all (a simulated kill, for tests)."""
+    run_dir = Path(run_dir)
+    rank, world_size = world()
+    device = _device(device)
+    _write_recipe(recipe, run_dir, rank, resume)
+    rows: list[dict[str, Any]] = []
+    offset = 0
+    left = stop_after
+    for index, stage in enumerate(recipe.stages):
+        begin = offset
+        offset += stage.steps
+        if stage_final(run_dir, index, stage) is not None:
+            continue
+        model, ema_init = _stage_model(recipe, run_dir, index, device)
+        reader = _reader(recipe, run_dir, index, stage, model.config.text_embed_dim, rank, world_size)
+        config = _train_config(recipe, index, stage)
+        teacher = _online_teacher(recipe, stage, model, device)
+        logger.info("stage %d/%d %s: %d steps", index + 1, len(recipe.stages), stage.name, stage.steps)
+
+        def log(row: dict[str, Any], begin: int = begin, name: str = stage.name) -> None:
+            row = {**row, "step": row["step"] + begin, "stage": name}
+            rows.append(row)
+            if on_log is not None:
+                on_log(row)
+
+        ran = [0]
+        train(
+            config,
+            model,
+            reader,
+            stage_dir(run_dir, index, stage),
+            null_text=_null_text(recipe, stage),
+            resume=resume,
+            stop_after=left,
+            on_log=log,
+            teacher=teacher,
+            ema_init=ema_init,
+            on_step=lambda _step, ran=ran: ran.__setitem__(0, ran[0] + 1),
+        )
+        if left is not None:
+            left -= ran[0]
+            if stage_final(run_dir, index, stage) is None or left <= 0:
+                return rows
+    return rows
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _write_recipe(recipe: Recipe, run_dir: Path, rank: int, resume: bool) -> None:
+    path = run_dir / RECIPE_FILE
+    payload = recipe.to_dict()
+    if path.is_file() and resume:
+        saved = json.loads(path.read_text())
+        if saved != payload:
+            changed = sorted(k for k in set(saved) | set(payload) if saved.get(k) != payload.get(k))
+            raise ValueError(
+                f"{run_dir} holds a run of a different recipe (fields {changed} differ): resume with the same "
+                "recipe, or give a new --output folder"
+            )
+    elif rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        tmp.replace(path)
+    if is_distributed():
+        dist.barrier()
+
+
+def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device) -> tuple[TrainModule, Any]:
+    """The stage's TrainModule, parallelised: earlier insertions replayed, previous weights loaded, own insertion."""
+    stage = recipe.stages[index]
+    transformer = build_transformer(recipe)
+    for earlier in recipe.stages[:index]:
+        if earlier.insert_cross_attention:
+            insert_shared_cross_attention(transformer)
+    projector = _projector(recipe, run_dir, index, transformer)
+    model = TrainModule(transformer, projector)
+    ema_init = None
+    own = latest_checkpoint(stage_dir(run_dir, index, stage) / "checkpoints")
+    if own is None and index > 0:
+        previous = stage_final(run_dir, index - 1, recipe.stages[index - 1])
+        if previous is None:
+            raise ValueError(f"stage {stage.name!r} needs the end of stage {recipe.stages[index - 1].name!r} first")
+        ema_init, fresh = load_weights(previous, model, ema=recipe.ema_decay is not None)
+        logger.info("stage %s starts from %s (%d fresh tensors)", stage.name, previous, len(fresh))
+    if stage.insert_cross_attention:
+        g = torch.Generator().manual_seed(recipe.seed + index)
+        insert_shared_cross_attention(transformer, generator=g)
+    if recipe.lora:
+        from motif_video.training.lora import LoRAConfig, add_lora
+
+        add_lora(transformer, LoRAConfig(**recipe.lora))
+    model.to(device)
+    parallelize(model, recipe.parallel, device.type)
+    return model, ema_init
+
+
+def _projector(recipe: Recipe, run_dir: Path, index: int, transformer: MotifVideoTransformer) -> REPAProjector | None:
+    repa = recipe.stages[index].repa
+    if repa is None or not repa.enabled:
+        return None
+    if repa.feature_source == "shards":
+        dim = _teacher_dim(recipe, run_dir, index)
+    else:
+        from motif_video.training.teachers import load_teacher
+
+        dim = load_teacher(repa.teacher, repa.teacher_source, torch.float32, "cpu", **repa.teacher_options()).dim
+    g = torch.Generator().manual_seed(recipe.seed + 7919 * (index + 1))
+    projector = REPAProjector(transformer.config.hidden_size, dim, repa.projector_width)
+    for module in projector.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight, generator=g)
+            torch.nn.init.zeros_(module.bias)
+    return projector
+
+
+def _teacher_dim(recipe: Recipe, run_dir: Path, index: int) -> int:
+    stage = recipe.stages[index]
+    for name, source in stage.sources.items():
+        shards = resolve_shards(_shards(run_dir, index, stage, name, source, recipe, 0, 1), 0)
+        for item in read_tar(shards[0]):
+            tensors = decode_sample(shards[0], 0, *item).tensors
+            if "teacher" not in tensors:
+                break
+            return int(tensors["teacher"].shape[-1])
+    raise ValueError(
+        f"stage {stage.name!r}: REPA feature_source='shards' but its shards hold no 'teacher' tensor: run "
+        "`motif-video prepare --teacher ...`, or set repa.feature_source = 'online'"
+    )
+
+
+def _shards(
+    run_dir: Path, index: int, stage: Stage, name: str, source: Source, recipe: Recipe, rank: int, world_size: int
+) -> list[Path] | Path:
+    if source.path == SYNTHETIC:
+        folder = Path(run_dir) / "data" / f"{stage.name}-{name}"
+        if rank == 0 and not complete_shards(folder):
+            from motif_video.data.synthetic import write_synthetic_shards
+
+            dim = build_text_dim(recipe)
+            write_synthetic_shards(
+                folder, max(source.synthetic_shards, world_size), [parse_bucket(b) for b in source.buckets],
+                seed=recipe.seed + index, image_tokens=False, text_dim=dim,
+            )  # fmt: skip
+        if is_distributed():
+            dist.barrier()
+        return complete_shards(folder)[rank::world_size]
+    folder = Path(source.path)
+    if not folder.is_dir():
+        raise ValueError(f"stage {stage.name!r} source {name!r}: {folder} is not a folder of shards or a plan")
+    if (folder / "plan.json").is_file() or world_size == 1:
+        return folder  # ShardReader reads this rank's plan, or every complete shard
+    shards = complete_shards(folder)[rank::world_size]
+    if not shards:
+        raise ValueError(f"{folder} has fewer complete shards than the {world_size} ranks: plan it or add shards")
+    logger.warning("%s: no sampler plan, ranks take every %d-th shard (run `motif-video plan` to balance)", folder,
+                   world_size)  # fmt: skip
+    return shards
+
+
+def build_text_dim(recipe: Recipe) -> int:
+    if recipe.model.preset:
+        return get_preset(recipe.model.preset).replace(**recipe.model.overrides).text_embed_dim
+    return build_transformer(recipe).config.text_embed_dim
+
+
+def _reader(
+    recipe: Recipe, run_dir: Path, index: int, stage: Stage, text_dim: int, rank: int, world_size: int
+) -> InterleavedBatches:
+    readers = {}
+    for name, source in stage.sources.items():
+        sizes = source.batch_size
+        if isinstance(sizes, dict):
+            sizes = {parse_bucket(k): int(v) for k, v in sizes.items()}
+        shards = _shards(run_dir, index, stage, name, source, recipe, rank, world_size)
+        readers[name] = ShardReader(shards, rank, sizes, seed=recipe.seed + index, shuffle_window=source.shuffle_window)
+    return InterleavedBatches(readers, stage.interleave)
+
+
+def _train_config(recipe: Recipe, index: int, stage: Stage) -> TrainConfig:
+    return TrainConfig(
+        steps=stage.steps,
+        lr=stage.lr,
+        warmup_steps=stage.warmup_steps,
+        weight_decay=recipe.weight_decay,
+        betas=recipe.betas,
+        grad_clip=recipe.grad_clip,
+        ema_decay=recipe.ema_decay,
+        seed=recipe.seed + index,
+        checkpoint_every=recipe.checkpoint_every,
+        keep_checkpoints=recipe.keep_checkpoints,
+        log_every=recipe.log_every,
+        route=stage.route,
+        objective=stage.objective,
+        repa=stage.repa if stage.repa is not None and stage.repa.enabled else None,
+    )
+
+
+def _online_teacher(recipe: Recipe, stage: Stage, model: TrainModule, device: torch.device) -> Any:
+    repa = stage.repa
+    if repa is None or not repa.enabled or repa.feature_source != "online":
+        return None
+    if recipe.vae is None:
+        raise ValueError(f"stage {stage.name!r}: online REPA decodes latents: set `vae` to a release folder")
+    from diffusers import AutoencoderKLWan
+
+    from motif_video.training.repa_online import OnlineTargets
+    from motif_video.training.teachers import load_teacher
+
+    folder = Path(recipe.vae)
+    vae = AutoencoderKLWan.from_pretrained(str(folder / "vae" if (folder / "vae").is_dir() else folder))
+    teacher = load_teacher(repa.teacher, repa.teacher_source, torch.float32, device, **repa.teacher_options())
+    c = unwrap(model).config
+    return OnlineTargets(vae.to(device), teacher, c.patch_size, c.patch_size_t)
+
+
+def _null_text(recipe: Recipe, stage: Stage) -> tuple[torch.Tensor, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    candidates = [recipe.null_text] if recipe.null_text else [
+        str(Path(s.path) / NULL_TEXT_FILE) for s in stage.sources.values() if s.path != SYNTHETIC
+    ]  # fmt: skip
+    for path in candidates:
+        if Path(path).is_file():
+            text = load_file(path)["text"].float()
+            return text, torch.ones(text.shape[0], dtype=torch.bool)
+    if recipe.null_text:
+        raise ValueError(f"null_text {recipe.null_text} does not exist")
+    return None  # zeros of the text width (trainer default)
+
+
+__all__ = ["build_transformer", "run_recipe", "stage_dir", "stage_final"]
