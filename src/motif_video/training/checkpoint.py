@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from motif_video.training.parallel import world
+
+# DCP warns "torch.distributed is disabled ... assuming the intent is to save/load in a single process": it is.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"

@@ -33,6 +33,7 @@ from motif_video.data.shard_reader import ShardReader, decode_sample, read_tar, 
 from motif_video.models.config import MotifVideoConfig, get_preset
 from motif_video.models.transformer import MotifVideoTransformer
 from motif_video.training.checkpoint import latest_checkpoint, load_weights
+from motif_video.training.flops import peak_flops_for, training_step_flops
 from motif_video.training.insert_cross_attention import insert_shared_cross_attention
 from motif_video.training.interleave import InterleavedBatches
 from motif_video.training.parallel import is_distributed, parallelize, world
@@ -56,6 +57,26 @@ def stage_final(run_dir: Path, index: int, stage: Stage) -> Path | None:
         return None
     step = int(json.loads((found / "trainer.json").read_text())["step"])
     return found if step >= stage.steps else None
+
+
+def resume_step(recipe: Recipe, run_dir: str | Path) -> int:
+    """The global step a run in `run_dir` would continue from (0 for a new run)."""
+    done = 0
+    for index, stage in enumerate(recipe.stages):
+        found = latest_checkpoint(stage_dir(Path(run_dir), index, stage) / "checkpoints")
+        if found is None:
+            return done
+        step = int(json.loads((found / "trainer.json").read_text())["step"])
+        done += step
+        if step < stage.steps:
+            return done
+    return done
+
+
+def final_checkpoint(recipe: Recipe, run_dir: str | Path) -> Path | None:
+    """The last stage's final checkpoint once the whole recipe has run."""
+    last = len(recipe.stages) - 1
+    return stage_final(Path(run_dir), last, recipe.stages[last])
 
 
 def build_transformer(recipe: Recipe) -> MotifVideoTransformer:
@@ -124,12 +145,28 @@ def run_recipe(
             teacher=teacher,
             ema_init=ema_init,
             on_step=lambda _step, ran=ran: ran.__setitem__(0, ran[0] + 1),
+            extra_state={"model_config": unwrap(model).config.to_dict(), "lora": recipe.lora, "stage": stage.name},
+            step_flops=_step_flops(model.config, recipe.parallel.activation_checkpointing),
+            peak_flops=peak_flops_for(device),
         )
         if left is not None:
             left -= ran[0]
             if stage_final(run_dir, index, stage) is None or left <= 0:
                 return rows
     return rows
+
+
+def _step_flops(config: MotifVideoConfig, checkpointing: bool) -> Any:
+    """FLOPs of a training step on a batch, counted with attention (`flops.py`), for the tflops / MFU fields."""
+
+    def count(shape: tuple[int, ...], text_len: int, image_len: int, route: Any) -> float:
+        b, _, f, h, w = shape
+        return training_step_flops(
+            config, batch=b, latent_frames=f, latent_height=h, latent_width=w, text_len=text_len,
+            image_len=image_len, route=route, checkpointing=checkpointing,
+        ).matmul  # fmt: skip
+
+    return count
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -167,7 +204,7 @@ def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device
     for earlier in recipe.stages[:index]:
         if earlier.insert_cross_attention:
             insert_shared_cross_attention(transformer)
-    projector = _projector(recipe, run_dir, index, transformer)
+    projector = _projector(recipe, run_dir, index, transformer, *world())
     model = TrainModule(transformer, projector)
     ema_init = None
     own = latest_checkpoint(stage_dir(run_dir, index, stage) / "checkpoints")
@@ -189,12 +226,14 @@ def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device
     return model, ema_init
 
 
-def _projector(recipe: Recipe, run_dir: Path, index: int, transformer: MotifVideoTransformer) -> REPAProjector | None:
+def _projector(
+    recipe: Recipe, run_dir: Path, index: int, transformer: MotifVideoTransformer, rank: int, world_size: int
+) -> REPAProjector | None:
     repa = recipe.stages[index].repa
     if repa is None or not repa.enabled:
         return None
     if repa.feature_source == "shards":
-        dim = _teacher_dim(recipe, run_dir, index)
+        dim = _teacher_dim(recipe, run_dir, index, rank, world_size)
     else:
         from motif_video.training.teachers import load_teacher
 
@@ -208,10 +247,10 @@ def _projector(recipe: Recipe, run_dir: Path, index: int, transformer: MotifVide
     return projector
 
 
-def _teacher_dim(recipe: Recipe, run_dir: Path, index: int) -> int:
+def _teacher_dim(recipe: Recipe, run_dir: Path, index: int, rank: int, world_size: int) -> int:
     stage = recipe.stages[index]
     for name, source in stage.sources.items():
-        shards = resolve_shards(_shards(run_dir, index, stage, name, source, recipe, 0, 1), 0)
+        shards = resolve_shards(_shards(run_dir, index, stage, name, source, recipe, rank, world_size), rank)
         for item in read_tar(shards[0]):
             tensors = decode_sample(shards[0], 0, *item).tensors
             if "teacher" not in tensors:
@@ -323,4 +362,4 @@ def _null_text(recipe: Recipe, stage: Stage) -> tuple[torch.Tensor, torch.Tensor
     return None  # zeros of the text width (trainer default)
 
 
-__all__ = ["build_transformer", "run_recipe", "stage_dir", "stage_final"]
+__all__ = ["build_transformer", "final_checkpoint", "resume_step", "run_recipe", "stage_dir", "stage_final"]

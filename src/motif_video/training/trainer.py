@@ -100,8 +100,18 @@ def make_ema(model: torch.nn.Module, init: dict[str, torch.Tensor] | None = None
         if p.requires_grad:
             given = init.get(name)
             same = given is not None and tuple(given.shape) == tuple(p.shape)
-            ema[name] = given.detach().clone().to(p) if same else p.detach().clone()
+            ema[name] = _like(given, p) if same else p.detach().clone()
     return ema
+
+
+def _like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A full tensor laid out like `param`: sharded the same way when `param` is an FSDP2 DTensor."""
+    full = full.detach().to(device=param.device, dtype=param.dtype)
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full, param.device_mesh, param.placements)
+    return full.clone()
 
 
 @torch.no_grad()
@@ -130,11 +140,14 @@ def train(
     step_flops: StepFlops | None = None,
     peak_flops: float | None = None,
     on_step: Callable[[int], None] | None = None,
+    extra_state: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train to `config.steps`; returns the log rows. `stop_after` ends the process's run early (testing).
 
     teacher: online REPA targets, clean latents (B, 16, F', h, w) -> (B, N, D_t); ema_init: starting EMA (a
-    previous stage's); step_flops / peak_flops: FLOPs per step and the device peak, for the tflops and MFU fields.
+    previous stage's); step_flops / peak_flops: FLOPs per step and the device peak, for the tflops and MFU fields;
+    on_step: called with the step number after every optimizer step; extra_state: JSON data stored in every
+    checkpoint's trainer.json (the runner stores `model_config` and `lora` there, for `export.py`).
     """
     rank, world_size = world()
     device = next(model.parameters()).device
@@ -202,6 +215,7 @@ def train(
             trainer_state = dict(
                 step=step, scheduler=scheduler.state_dict(), world_size=world_size, config=_jsonable(asdict(config))
             )
+            trainer_state.update(extra_state or {})
             rank_state = dict(generator=generator.get_state(), reader=reader.state_dict())
             save_checkpoint(
                 checkpoints, step, model, optimizer, ema, trainer_state, rank_state, keep=config.keep_checkpoints
