@@ -33,7 +33,7 @@ from motif_video.data.shard_reader import ShardReader, decode_sample, read_tar, 
 from motif_video.models.config import MotifVideoConfig, get_preset
 from motif_video.models.transformer import MotifVideoTransformer
 from motif_video.training.checkpoint import latest_checkpoint, load_weights
-from motif_video.training.flops import peak_flops_for, training_step_flops
+from motif_video.training.flops import peak_flops_for, step_flops_fn
 from motif_video.training.insert_cross_attention import insert_shared_cross_attention
 from motif_video.training.interleave import InterleavedBatches
 from motif_video.training.parallel import is_distributed, parallelize, world
@@ -146,7 +146,7 @@ def run_recipe(
             ema_init=ema_init,
             on_step=lambda _step, ran=ran: ran.__setitem__(0, ran[0] + 1),
             extra_state={"model_config": unwrap(model).config.to_dict(), "lora": recipe.lora, "stage": stage.name},
-            step_flops=_step_flops(model.config, recipe.parallel.activation_checkpointing),
+            step_flops=step_flops_fn(model.config),  # model FLOPs (no recompute), the MFU convention
             peak_flops=peak_flops_for(device),
         )
         if left is not None:
@@ -154,19 +154,6 @@ def run_recipe(
             if stage_final(run_dir, index, stage) is None or left <= 0:
                 return rows
     return rows
-
-
-def _step_flops(config: MotifVideoConfig, checkpointing: bool) -> Any:
-    """FLOPs of a training step on a batch, counted with attention (`flops.py`), for the tflops / MFU fields."""
-
-    def count(shape: tuple[int, ...], text_len: int, image_len: int, route: Any) -> float:
-        b, _, f, h, w = shape
-        return training_step_flops(
-            config, batch=b, latent_frames=f, latent_height=h, latent_width=w, text_len=text_len,
-            image_len=image_len, route=route, checkpointing=checkpointing,
-        ).matmul  # fmt: skip
-
-    return count
 
 
 def _device(device: str | torch.device) -> torch.device:

@@ -320,7 +320,8 @@ def training_step(
         kwargs["image_embeds"] = image_tokens.to(device=device, dtype=torch.float32)
         kwargs["image_embeds_mask"] = (image_mask & i2v[:, None]).to(device)
         extras["image_len"] = image_tokens.shape[1]
-    extras["text_len"] = text.shape[1]
+    valid = mask.any(dim=0).nonzero()
+    extras["text_len"] = int(valid.max()) + 1 if valid.numel() else 0  # the model trims trailing padding
     repa = config.repa
     repa_on = repa is not None and repa.active(step)
     if repa_on:
