@@ -152,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     from motif_video.data.prepare import add_prepare_parser
 
     add_prepare_parser(sub)
+    from motif_video.data.plan_command import add_plan_parser
+
+    add_plan_parser(sub)
+    from motif_video.training.export import add_export_parser
+
+    add_export_parser(sub)
+    from motif_video.training.train_command import add_train_parser
+
+    add_train_parser(sub)
+    from motif_video.eval_command import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from motif_video.pipeline import conditioning, inputs
+from motif_video.pipeline import conditioning, inputs, lora
 from motif_video.pipeline import latents as latent_ops
 from motif_video.pipeline.guidance import GuidanceConfig, GuidanceState, combine
 from motif_video.pipeline.schedule import (
@@ -127,6 +127,25 @@ class MotifVideoPipeline:
         from motif_video.pipeline.loading import save_pipeline
 
         save_pipeline(self, directory, **kwargs)
+
+    # ----------------------------------------------------------------- LoRA (see pipeline/lora.py)
+    def load_lora_weights(self, path_or_dir: str, adapter_name: str = "default", scale: float = 1.0) -> None:
+        """Add a LoRA adapter (peft or diffusers file) to the transformer; several named adapters add up."""
+        lora.load_lora_weights(self, path_or_dir, adapter_name, scale)
+
+    def set_lora_scale(self, scale: float, adapter_name: str = "default") -> None:
+        lora.set_lora_scale(self, scale, adapter_name)
+
+    def fuse_lora(self) -> None:
+        """Merge the loaded adapters (at their scales) into the transformer weights and drop the LoRA layers."""
+        lora.fuse_lora(self)
+
+    def unload_lora_weights(self, adapter_name: str | None = None) -> None:
+        """Remove one unfused adapter (or all): the transformer computes exactly what it did before loading."""
+        lora.unload_lora_weights(self, adapter_name)
+
+    def save_lora_weights(self, directory: str, adapter_name: str = "default") -> None:
+        lora.save_lora_weights(self, directory, adapter_name)
 
     @property
     def components(self) -> dict[str, Any]:

@@ -192,6 +192,10 @@ def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device
         if earlier.insert_cross_attention:
             insert_shared_cross_attention(transformer)
     projector = _projector(recipe, run_dir, index, transformer, *world())
+    if recipe.lora:  # before loading: a previous stage's checkpoint holds the adapters under peft's names
+        from motif_video.training.lora import LoRAConfig, add_lora
+
+        add_lora(transformer, LoRAConfig(**recipe.lora))
     model = TrainModule(transformer, projector)
     ema_init = None
     own = latest_checkpoint(stage_dir(run_dir, index, stage) / "checkpoints")
@@ -204,10 +208,6 @@ def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device
     if stage.insert_cross_attention:
         g = torch.Generator().manual_seed(recipe.seed + index)
         insert_shared_cross_attention(transformer, generator=g)
-    if recipe.lora:
-        from motif_video.training.lora import LoRAConfig, add_lora
-
-        add_lora(transformer, LoRAConfig(**recipe.lora))
     model.to(device)
     parallelize(model, recipe.parallel, device.type)
     return model, ema_init
