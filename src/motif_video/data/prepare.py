@@ -392,9 +392,11 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def run_prepare_command(args: argparse.Namespace) -> int:
     """The `prepare` command: RANK / WORLD_SIZE from torchrun's environment (absent: 0 of 1), then `prepare`."""
-    rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    from motif_video.env import torchrun_env
+
+    rank, world_size, local_rank = torchrun_env()
     if args.device == "auto" and torch.cuda.is_available():
-        args.device = f"cuda:{_env_int('LOCAL_RANK', 0)}"  # one GPU per torchrun process
+        args.device = f"cuda:{local_rank}"  # one GPU per torchrun process
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = prepare(
         args.manifest,
@@ -415,13 +417,3 @@ def run_prepare_command(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     return 0
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None

@@ -141,6 +141,18 @@ PRESETS: dict[str, MotifVideoConfig] = {
 
 
 PRESETS["tiny-shared"] = PRESETS["tiny"].replace(cross_attention_layout="shared")
+# The shipped small model (motif_video.small_model): the real architecture at width 128, reading the small frozen
+# T5Gemma2 encoder (text width 64) and its SigLIP tower (width 32).
+PRESETS["motif-video-small"] = MotifVideoConfig(
+    num_attention_heads=4,
+    attention_head_dim=32,
+    num_layers=2,  # dual-stream blocks 0-1
+    num_single_layers=6,  # single-stream: encoder 2-5 (Shared Cross-Attention), DDT decoder 6-7
+    num_decoder_layers=2,
+    text_embed_dim=64,
+    image_embed_dim=32,
+    rope_axes_dim=(8, 12, 12),
+)
 
 
 def get_preset(name: str) -> MotifVideoConfig:

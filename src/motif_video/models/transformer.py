@@ -69,6 +69,19 @@ def trim_text_padding(text: torch.Tensor, mask: torch.Tensor | None) -> tuple[to
     return text, (None if bool(mask.all()) else mask)
 
 
+@torch.no_grad()
+def init_module(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """The fresh-weight rule of one module (not its children): xavier-uniform Linears with zero bias, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight, generator=generator)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and module.weight is not None:
+        nn.init.ones_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
 class MotifVideoTransformer(nn.Module):
     """The Motif-Video diffusion transformer. Build from a config, a preset or a checkpoint folder."""
 
@@ -132,14 +145,7 @@ class MotifVideoTransformer(nn.Module):
         """Fresh initialisation (DiT recipe): xavier-uniform Linears, zeroed AdaLN modulation, output
         projection and cross-attention output, so a fresh model outputs zero velocity."""
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight, generator=generator)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and module.weight is not None:
-                nn.init.ones_(module.weight)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+            init_module(module, generator)
         conv = self.x_embedder.proj
         nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1), generator=generator)
         nn.init.zeros_(conv.bias)

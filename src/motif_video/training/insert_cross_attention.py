@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from motif_video.models.blocks import _make_cross_attention
+from motif_video.models.transformer import init_module
 
 
 def has_shared_cross_attention(model: nn.Module) -> bool:
@@ -50,7 +51,7 @@ def insert_shared_cross_attention(
         for name, module in new.named_modules():
             if layout == "shared" and not name.startswith("cross_attn_"):
                 continue
-            _init(module, generator)
+            init_module(module, generator)
         out = block.cross_attn.to_out[0] if layout == "diffusers" else block.cross_attn_out_proj
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
@@ -61,17 +62,6 @@ def insert_shared_cross_attention(
         enable_text_cross_attention_dual=config.enable_text_cross_attention_dual or dual,
     )
     return sorted({name for name, _ in model.named_parameters()} - before)
-
-
-def _init(module: nn.Module, generator: torch.Generator | None) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight, generator=generator)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and module.weight is not None:
-        nn.init.ones_(module.weight)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
 
 
 __all__ = ["has_shared_cross_attention", "insert_shared_cross_attention"]
