@@ -69,7 +69,8 @@ def resolve_folder(
         raise CheckpointError(f"cannot fetch {text} from the hub: {err}") from None
 
 
-def read_index(folder: Path) -> dict[str, Any]:
+def read_index(folder: Path, supplied: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The folder's model_index.json; every REQUIRED component must be there unless `supplied` by the caller."""
     index_path = folder / INDEX
     if not index_path.is_file():
         raise CheckpointError(f"{folder} is not a Motif-Video release folder: {INDEX} is missing")
@@ -78,6 +79,8 @@ def read_index(folder: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read {index_path}: {err}") from None
     for name in REQUIRED:
+        if name in supplied:
+            continue
         entry = index.get(name)
         if not isinstance(entry, list) or None in entry:
             raise CheckpointError(f"{index_path} has no {name!r} component")
@@ -114,8 +117,8 @@ def load_pipeline(
     from motif_video.models.transformer import MotifVideoTransformer
 
     folder = resolve_folder(path_or_hub_id, revision, cache_dir, local_files_only, token)
-    index = read_index(folder)
     given = dict(components or {})
+    index = read_index(folder, tuple(given))
     loaded: dict[str, Any] = {}
 
     def load(name: str, fn) -> None:

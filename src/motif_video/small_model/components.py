@@ -1,0 +1,129 @@
+"""Assemble the small model's release folder in the official layout, in two steps.
+
+1. `build_release_components(out_dir, vae_dir, seed)`: everything except the transformer, which is trained later
+   against these frozen parts:
+
+       tokenizer/          word-level tokenizer over the procedural vocabulary (vocab.py)
+       text_encoder/       frozen random T5Gemma2 encoder + SigLIP tower (text_encoder.py)
+       vae/                the trained Wan VAE with its measured latents_mean / latents_std (vae.py)
+       feature_extractor/  SiglipImageProcessor at the tower's input size, mean = std = 0.5 (as tiny.py)
+       scheduler/          FlowMatchEulerDiscreteScheduler
+       guider/             AdaptiveProjectedGuidance with the official settings (tiny.build_guider)
+       model_index.json    written last; "transformer": [null, null] until step 2, so our loader refuses the
+                           folder ("has no 'transformer' component") instead of loading half a model
+
+2. `finish_release(release_dir, transformer_dir)`: copies an exported transformer folder in and rewrites
+   model_index.json (atomically, last) to name it. The folder then loads with `MotifVideoPipeline.from_pretrained`
+   (and diffusers') and generates at `SMALL_DEFAULTS` (`_motif_video_defaults`, read by pipeline/loading.py).
+
+The index is tiny.model_index() (the classes the tiny release is tested to load with) with our defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from motif_video.pipeline import tiny
+from motif_video.pipeline.loading import DEFAULTS_KEY, INDEX, TRANSFORMER_CLASS
+from motif_video.small_model.text_encoder import SMALL_TEXT_ENCODER, build_small_text_encoder, text_dims
+from motif_video.small_model.vocab import build_small_tokenizer
+
+# What `motif-video generate` uses when the call does not say (GenerationDefaults fields).
+SMALL_DEFAULTS = dict(height=64, width=64, num_frames=17, fps=8, num_inference_steps=25)
+SCHEDULER_SHIFT = 15.0  # the scheduler config's shift, as tiny.py (our pipeline applies its own explicit shift)
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "feature_extractor", "scheduler", "guider")
+
+
+def release_index(with_transformer: bool) -> dict[str, Any]:
+    """The model_index.json dict: the official classes, our defaults, the transformer named only once present."""
+    index = {**tiny.model_index(), DEFAULTS_KEY: dict(SMALL_DEFAULTS)}
+    index["transformer"] = list(TRANSFORMER_CLASS) if with_transformer else [None, None]
+    return index
+
+
+def _write_index(root: Path, index: dict[str, Any]) -> None:
+    tmp = root / (INDEX + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, root / INDEX)
+
+
+def load_trained_vae(vae_dir: str | Path) -> Any:
+    """The trained `AutoencoderKLWan` from `train_vae`'s out_dir; refuses one without measured latent stats."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(vae_dir)).eval()
+    if vae.config.z_dim != 16:
+        raise ValueError(f"{vae_dir}: the transformer needs z_dim 16, the VAE has {vae.config.z_dim}")
+    if all(s == 1.0 for s in vae.config.latents_std) and all(m == 0.0 for m in vae.config.latents_mean):
+        raise ValueError(f"{vae_dir}: latents_mean / latents_std are the untrained placeholders; run train_vae")
+    return vae
+
+
+def build_components(vae_dir: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Every component but the transformer, in memory (keys as the folder names)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import SiglipImageProcessor
+
+    size = SMALL_TEXT_ENCODER.image_size
+    return dict(
+        tokenizer=build_small_tokenizer(),
+        text_encoder=build_small_text_encoder(seed),
+        vae=load_trained_vae(vae_dir),
+        feature_extractor=SiglipImageProcessor(
+            size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT),
+        guider=tiny.build_guider(),
+    )
+
+
+def build_release_components(out_dir: str | Path, vae_dir: str | Path, seed: int = 0) -> Path:
+    """Write the release folder without the transformer (see the module docstring); returns its path."""
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / INDEX).unlink(missing_ok=True)  # no index while the folders are being (re)written
+    for name, component in build_components(vae_dir, seed).items():
+        shutil.rmtree(root / name, ignore_errors=True)
+        component.save_pretrained(str(root / name))
+    _write_index(root, release_index(with_transformer=False))
+    return root
+
+
+def finish_release(release_dir: str | Path, transformer_dir: str | Path) -> Path:
+    """Copy an exported transformer folder (config.json + weights) into the release; index rewritten last."""
+    root, source = Path(release_dir), Path(transformer_dir)
+    missing = [name for name in COMPONENTS if not (root / name).is_dir()]
+    if missing or not (root / INDEX).is_file():
+        raise FileNotFoundError(f"{root} is not a built release (missing {missing or [INDEX]})")
+    config_path = source / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{source} has no config.json: not an exported transformer folder")
+    config = json.loads(config_path.read_text())
+    expected = text_dims()
+    found = (config.get("text_embed_dim"), config.get("image_embed_dim"))
+    if found != expected:
+        raise ValueError(f"transformer reads (text, image) widths {found}, the text encoder gives {expected}")
+    (root / INDEX).unlink()
+    staging = root / "transformer.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(root / "transformer", ignore_errors=True)
+    os.replace(staging, root / "transformer")
+    _write_index(root, release_index(with_transformer=True))
+    return root
+
+
+__all__ = [
+    "COMPONENTS",
+    "SMALL_DEFAULTS",
+    "build_components",
+    "build_release_components",
+    "finish_release",
+    "load_trained_vae",
+    "release_index",
+    "text_dims",
+]

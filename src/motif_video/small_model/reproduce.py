@@ -1,0 +1,124 @@
+"""Reproduce the shipped small model end to end: data -> VAE -> frozen text encoder -> shards -> transformer -> release.
+
+Every step writes into `work_dir` and is skipped when its output is complete, so a killed run continues where it
+stopped (the VAE and the transformer resume from their own checkpoints):
+
+    data/videos, data/images     procedural train-split clips + manifests (`procedural.write_dataset`)
+    vae/                         the small Wan VAE trained on them (`small_model.vae`)
+    release/                     tokenizer, text encoder, VAE, scheduler, guider (`small_model.components`)
+    shards/videos, shards/images `motif-video prepare` output (latents, text states, first frames, SigLIP tokens)
+    run/                         `motif-video train` run of `small_recipe` (metrics.jsonl, checkpoints)
+    release/transformer          the EMA transformer, then model_index.json (release complete)
+
+The transformer is the real architecture at toy width (`SMALL_TRANSFORMER`): dual-stream blocks, single-stream
+blocks with Shared Cross-Attention and a DDT decoder, trained with our recipe: rectified flow, logit-normal t,
+prompt dropout, joint T2V/I2V (first-frame channels and SigLIP tokens), images and videos interleaved
+(image, video, video), TREAD routing, EMA. REPA is off: no pretrained teacher can be downloaded here.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from motif_video.models.config import get_preset
+from motif_video.training.objective import ObjectiveConfig
+from motif_video.training.parallel import ParallelConfig
+from motif_video.training.recipe import ModelSource, Recipe, Source, Stage
+from motif_video.training.trainer import RouteConfig
+
+logger = logging.getLogger(__name__)
+
+SMALL_TRANSFORMER = get_preset("motif-video-small")
+
+
+@dataclass(frozen=True)
+class SmallModelPlan:
+    """Sizes and budgets of a reproduction; the defaults are the shipped model's."""
+
+    num_videos: int = 4000
+    num_images: int = 2000
+    vae_steps: int = 3000
+    image_steps: int = 300  # stage 1: images only
+    joint_steps: int = 3000  # stage 2: image, video, video
+    video_batch: int = 16
+    image_batch: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def small_recipe(work_dir: Path, plan: SmallModelPlan) -> Recipe:
+    images = Source(str(work_dir / "shards" / "images"), batch_size=plan.image_batch, shuffle_window=2048)
+    videos = Source(str(work_dir / "shards" / "videos"), batch_size=plan.video_batch, shuffle_window=2048)
+    objective = ObjectiveConfig(i2v_ratio=0.5, prompt_dropout=0.1)
+    route = RouteConfig(start=1, end=6, ratio=0.5)  # dual block 1 .. encoder block 5; the decoder sees all tokens
+    return Recipe(
+        model=ModelSource(preset="motif-video-small"),
+        stages=(
+            Stage("images", plan.image_steps, {"image": images}, lr=plan.lr, warmup_steps=100, route=route,
+                  objective=objective),
+            Stage("joint", plan.joint_steps, {"image": images, "video": videos}, ("image", "video", "video"),
+                  lr=plan.lr, route=route, objective=objective),
+        ),
+        seed=plan.seed,
+        log_every=25,
+        checkpoint_every=250,
+        ema_decay=0.999,
+        parallel=ParallelConfig(param_dtype="float32", activation_checkpointing=False),
+        tensorboard=False,
+    )  # fmt: skip
+
+
+def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to: str | Path | None = None) -> Path:
+    """Run (or continue) every step; returns the complete release folder (copied to `ship_to` if given)."""
+    from motif_video.data.prepare import prepare
+    from motif_video.procedural import write_dataset
+    from motif_video.small_model.components import build_release_components, finish_release
+    from motif_video.small_model.vae import train_vae
+    from motif_video.training.export import export_transformer
+    from motif_video.training.metrics import MetricsWriter
+    from motif_video.training.run import final_checkpoint, resume_step, run_recipe
+
+    plan = plan or SmallModelPlan()
+    work = Path(work_dir)
+    data = work / "data"
+    for kind, videos, images, seed in (("videos", plan.num_videos, 0, plan.seed), ("images", 0, plan.num_images,
+                                                                                  plan.seed + 1)):  # fmt: skip
+        if not (data / kind / "manifest.jsonl").is_file():
+            logger.info("writing %s procedural %s", videos or images, kind)
+            write_dataset(data / kind, videos, images, seed)
+    vae_dir = work / "vae"
+    if not (vae_dir / "config.json").is_file():
+        train_vae(vae_dir, steps=plan.vae_steps, seed=plan.seed)
+    release = work / "release"
+    if not (release / "vae" / "config.json").is_file():
+        build_release_components(release, vae_dir, plan.seed)
+    for kind, bucket in (("videos", "17x64x64"), ("images", "1x64x64")):  # resumes per shard
+        prepare(data / kind / "manifest.jsonl", release, work / "shards" / kind, bucket, samples_per_shard=500,
+                seed=plan.seed, dtype="float32", image_tokens=True, device="cpu")  # fmt: skip
+    recipe = small_recipe(work, plan)
+    run = work / "run"
+    start = resume_step(recipe, run) if (run / "recipe.json").is_file() else None
+    with MetricsWriter(run, resume_step=start, tensorboard=False) as writer:
+        run_recipe(recipe, run, on_log=writer.log)
+    final = final_checkpoint(recipe, work / "run")
+    if final is None:
+        raise RuntimeError(f"training in {work / 'run'} did not finish")
+    exported = work / "transformer"
+    if not (exported / "config.json").is_file():
+        export_transformer(final, exported, use_ema=True)
+    finish_release(release, exported)
+    if ship_to is not None:
+        ship = Path(ship_to)
+        tmp = ship.with_name(ship.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(release, tmp)
+        shutil.rmtree(ship, ignore_errors=True)
+        tmp.rename(ship)
+        return ship
+    return release
+
+
+__all__ = ["SMALL_TRANSFORMER", "SmallModelPlan", "reproduce", "small_recipe"]
