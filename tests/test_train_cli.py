@@ -110,12 +110,15 @@ def test_lora_recipe_trains_adapters_only_across_stages(tmp_path, capsys):
         for p in pretrained.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     pretrained.save_pretrained(str(tmp_path / "base"))
-    text = RECIPE.replace("ema_decay = 0.9", "ema_decay = 0.9\nlora = {rank = 4}").replace(
-        'preset = "tiny"\n[model.overrides]\nenable_text_cross_attention_single = false',
-        f'pretrained = "{tmp_path / "base"}"',
-    ).replace(
-        "insert_cross_attention = true", "lr = 1e-2"
-    ).replace("lr = 1e-3\n", "")
+    text = (
+        RECIPE.replace("ema_decay = 0.9", "ema_decay = 0.9\nlora = {rank = 4}")
+        .replace(
+            'preset = "tiny"\n[model.overrides]\nenable_text_cross_attention_single = false',
+            f'pretrained = "{tmp_path / "base"}"',
+        )
+        .replace("insert_cross_attention = true", "lr = 1e-2")
+        .replace("lr = 1e-3\n", "")
+    )
     second = text[text.index("[[stages]]") :].replace('name = "only"', 'name = "second"')
     recipe_path = tmp_path / "lora.toml"
     recipe_path.write_text(text + second)
