@@ -40,7 +40,7 @@ class SmallModelPlan:
 
     num_videos: int = 4000
     num_images: int = 2000
-    vae_steps: int = 3000
+    vae_steps: int = 0  # 0: the VAE trainer's default budget (`small_model.vae`)
     image_steps: int = 300  # stage 1: images only
     joint_steps: int = 3000  # stage 2: image, video, video
     video_batch: int = 16
@@ -91,7 +91,7 @@ def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to:
             write_dataset(data / kind, videos, images, seed)
     vae_dir = work / "vae"
     if not (vae_dir / "config.json").is_file():
-        train_vae(vae_dir, steps=plan.vae_steps, seed=plan.seed)
+        train_vae(vae_dir, seed=plan.seed, **({"steps": plan.vae_steps} if plan.vae_steps else {}))
     release = work / "release"
     if not (release / "vae" / "config.json").is_file():
         build_release_components(release, vae_dir, plan.seed)
