@@ -1,32 +1,29 @@
 """The small model's VAE: diffusers' `AutoencoderKLWan` at CPU size, trained on procedural clips rendered on the fly.
 
-Architecture (`SmallVAEConfig`): Wan 2.1's causal 3-D conv VAE with its real compression (8x space, 4x time:
-17 x 64 x 64 -> 5 x 8 x 8 latents, z_dim 16 as the transformer needs), base width 16, dim_mult (1, 2, 2, 2), one
-res block per stage: 0.83 M parameters, 3.3 MB in fp32. Flat shapes need little capacity; the cost is activation
-volume, and a short run is won or lost by the init (`init_weights`): the untrained VAE is a shallow per-frame image
-autoencoder whose videos are their every-4th frame held, so images teach it cheaply and videos only add motion.
+Architecture (`SmallVAEConfig`): Wan 2.1's causal 3-D VAE with its real compression (17 x 64 x 64 -> 5 x 8 x 8,
+z_dim 16), base width 16, dim_mult (1, 2, 2, 2), one res block per stage: 0.83 M parameters, 3.3 MB in fp32. A
+short run is won or lost by the init (`init_weights`): the untrained VAE is a shallow per-frame image autoencoder
+whose videos are their every-4th frame held, so cheap image steps teach it most of what the evaluator reads.
 
-Recipe (`train_vae`), sized for a shared 2-core CPU (measured, not guessed; see the report in the PR):
-- data: random scenes (`sample_scene(split="any")`). The first IMAGE_PHASE of the steps are still images only
-  (4 x batch_size per step); then three steps of batch_size 9-frame video windows (cut from 17-frame renders) for
-  each image step. 9 frames exercise every path of the chunked causal encoder/decoder (the lone first frame, then
-  4-frame chunks fed by a FULL previous chunk's cache); 17 add only repetition at twice the cost. Half the clips
-  are 2 x 2 mosaics of object-centred crops (`_mosaic`): small shapes are the slow thing to learn (they blur into
-  round blobs the evaluator calls circles), and a mosaic shows ~3x more objects for the same compute.
-- loss: L1 + MSE on the decoded posterior SAMPLE, with outline pixels weighted 5x (`edge_weights`), before the
-  decoder's clamp (`decode_unclamped`: a clamped pixel gets no gradient); + kl_weight * KL(posterior || N(0, 1))
-  per element. kl_weight 1e-5: the pipeline renormalises latents with measured per-channel stats, so the KL is
-  not needed for scale; it only keeps the posterior a proper (bounded, non-degenerate) Gaussian, at < 1e-3 of the
-  reconstruction loss, so it cannot blur the outlines the evaluator reads.
-- AdamW (lr 3e-4, betas 0.9 / 0.99, no weight decay), 50 warmup steps, cosine decay to 10%, gradient clip 1.
-- randomness: the batch and the posterior noise of step k are pure functions of (seed, k), so a resumed run is
-  bit-identical to an uninterrupted one with only model + optimizer + step saved (`train_state.pt`, atomically).
-- at the end: per-channel `latents_mean` / `latents_std` of posterior modes over STATS_CLIPS clips written into
-  the config (the pipeline normalises with them), then `save_pretrained(out_dir)`.
+Recipe (`train_vae`), sized by measurement on a shared 2-core CPU:
+- data: random scenes (`sample_scene(split="any")`); the first IMAGE_PHASE of the steps are images only
+  (4 x batch_size stills), then 3 steps of batch_size 9-frame windows of 17-frame videos per image step. 9 frames
+  run every path of the chunked causal coder (the lone first frame, then 4-frame chunks fed by a full previous
+  chunk's cache); 17 only repeat them at twice the cost. Half the clips are 2 x 2 mosaics of object-centred crops
+  (`_mosaic`): small shapes are the slow thing to learn (they blur into blobs the evaluator calls circles), and a
+  mosaic shows ~3x more objects for the same compute.
+- loss: L1 + MSE of the decoded posterior SAMPLE before the decoder's clamp (`decode_unclamped`: a clamped pixel
+  gets no gradient), outline pixels weighted 5x (`edge_weights`), + kl_weight * per-element KL to N(0, 1).
+  kl_weight 1e-5: the pipeline renormalises latents with measured stats, so the KL is not needed for scale; it
+  only keeps the posterior a proper bounded Gaussian, at < 1e-3 of the reconstruction loss (no blurred outlines).
+- AdamW (lr 3e-4: 1e-3 diverges with Wan's RMS norms, measured), 50 warmup steps, cosine to 10%, clip 1.
+- the batch and posterior noise of step k are pure functions of (seed, k): resuming from `train_state.pt` (model,
+  optimizer, step; written atomically) is bit-identical to an uninterrupted run.
+- at the end: per-channel `latents_mean` / `latents_std` of posterior modes over STATS_CLIPS clips go into the
+  config (the pipeline normalises with them), then `save_pretrained(out_dir)`.
 
-Run it (OMP_NUM_THREADS=1 on a shared CPU: with another job on the second core, 2 OpenMP threads ran 4x SLOWER):
-    OMP_NUM_THREADS=1 python -c "from motif_video.small_model.vae import train_vae; train_vae('/tmp/small_vae',
-        on_log=print)"
+Run with OMP_NUM_THREADS=1 on a shared CPU (2 OpenMP threads ran 4x SLOWER with another job on the other core):
+    OMP_NUM_THREADS=1 python -c "from motif_video.small_model.vae import train_vae; train_vae('/tmp/small_vae')"
 """
 
 from __future__ import annotations
@@ -52,11 +49,12 @@ IMAGE_EVERY = 4  # afterwards step k is an image step when k % 4 == 3 (videos : 
 IMAGE_BATCH_FACTOR = 4  # an image step takes 4 x batch_size images (~1/3 of a video step's cost)
 MOSAIC = 0.5  # share of 2 x 2 mosaic clips (`_mosaic`)
 EDGE_WEIGHT, EDGE_THRESHOLD = 4.0, 0.1  # outline pixels count 5x (`edge_weights`); threshold in [-1, 1] units
-LOGVAR_INIT = float(__import__("os").environ.get("LOGVAR_INIT", -6.0))
+LOGVAR_INIT = -6.0  # posterior std 0.05 at init (-10 measured no better)
 KL_WEIGHT = 1e-5
 WARMUP = 50
-LR = 3e-4  # 1e-3 is unstable with Wan's RMS norms even after warmup (measured)
+LR = 3e-4
 STATS_CLIPS = 32  # x 5 x 8 x 8 latent positions per video: ~8k samples per channel
+STEPS = 2000
 STATE_FILE = "train_state.pt"
 
 
@@ -236,7 +234,7 @@ def _save_state(path: Path, vae: Any, optimizer: torch.optim.Optimizer, step: in
 def train_vae(
     out_dir: str | Path,
     *,
-    steps: int = 450,
+    steps: int = STEPS,
     batch_size: int = 2,
     lr: float = LR,
     seed: int = 0,
