@@ -149,3 +149,9 @@ def test_release_without_transformer_then_finished_generates(tmp_path) -> None:
     first = np.zeros((64, 64, 3), dtype=np.uint8)
     video = pipe(PROMPT.format(c="red"), image=first, num_inference_steps=2, generator=generator).frames
     assert video.shape == (1, 17, 64, 64, 3)
+
+    from diffusers import MotifVideoPipeline as DiffusersPipeline
+
+    reference = DiffusersPipeline.from_pretrained(release)  # the official loader reads the same folder
+    assert type(reference.transformer).__name__ == "MotifVideoTransformer3DModel"
+    assert reference.vae.config.latents_std == [0.5] * 16

@@ -54,7 +54,8 @@ KL_WEIGHT = 1e-5
 WARMUP = 50
 LR = 3e-4
 STATS_CLIPS = 32  # x 5 x 8 x 8 latent positions per video: ~8k samples per channel
-STEPS = 2000
+STEPS = 2000  # 36 min on a shared 2-core CPU (0.78 s per image step, ~1.5 s per video step): PSNR 30.1 dB,
+# 99.3% of the evaluator's attributes right on 96 reconstructions (shape 94.8%, everything else 100%)
 STATE_FILE = "train_state.pt"
 
 
