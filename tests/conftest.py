@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 
@@ -62,3 +64,10 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rel: float
 @pytest.fixture(scope="session")
 def tiny_config() -> MotifVideoConfig:
     return get_preset("tiny")
+
+
+def free_port() -> int:
+    """A free localhost TCP port for a torch.distributed rendezvous in multi-process tests."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

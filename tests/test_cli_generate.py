@@ -135,7 +135,7 @@ def test_no_prompt_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for default in ("default 0", "multiple of 16", "4k+1", "negative prompt)", "default euler", "official 736"):
+    for default in ("default 0", "multiple of 16", "4k+1", "the shipped small model", "default euler", "official 736"):
         assert default in help_text
 
 

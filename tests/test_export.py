@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import assert_close_scaled, make_inputs, random_ours
+from conftest import assert_close_scaled, free_port, make_inputs, random_ours
 from motif_video import MotifVideoTransformer, get_preset
 from motif_video.cli import main
 from motif_video.training.checkpoint import COMPLETE, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -205,7 +205,5 @@ def _export_on_rank_0(rank: int, port: int, checkpoint: str, out: str) -> None:
 def test_export_on_one_rank_of_a_process_group(run, tmp_path):
     import torch.multiprocessing as mp
 
-    from test_training_loop import _free_port
-
-    mp.spawn(_export_on_rank_0, args=(_free_port(), str(run[0]), str(tmp_path / "out")), nprocs=2, join=True)
+    mp.spawn(_export_on_rank_0, args=(free_port(), str(run[0]), str(tmp_path / "out")), nprocs=2, join=True)
     assert set(_weights(tmp_path / "out")) == set(run[1].state_dict())

@@ -106,6 +106,31 @@ def test_text_to_video_matches_diffusers(parts, ours):
     assert np.abs(other - ref).max() > 100 * TOL
 
 
+def test_release_defaults_choose_shift_and_negative_prompt(ours):
+    """A release's stored shift and negative prompt are what an unset call uses, and equal passing them."""
+    import dataclasses
+
+    from motif_video.pipeline.pipeline import OFFICIAL_NEGATIVE_PROMPT
+
+    official = ours.defaults
+    _run(ours, prompt=PROMPT, generator=_seed(), num_inference_steps=1)
+    assert ours.last_call["shift"] == 15.0 and ours.last_call["negative_prompt"] == OFFICIAL_NEGATIVE_PROMPT
+    ours.defaults = dataclasses.replace(official, shift_t2v=2.0, shift_i2v=1.5, negative_prompt="")
+    try:
+        implicit = _run(ours, prompt=PROMPT, generator=_seed())
+        assert ours.last_call["shift"] == 2.0 and ours.last_call["negative_prompt"] == ""
+        explicit = _run(ours, prompt=PROMPT, generator=_seed(), shift=2.0, negative_prompt="")
+        np.testing.assert_array_equal(implicit, explicit)
+        official_run = _run(
+            ours, prompt=PROMPT, generator=_seed(), shift=15.0, negative_prompt=OFFICIAL_NEGATIVE_PROMPT
+        )
+        assert np.abs(official_run - implicit).max() > 100 * TOL
+        _run(ours, prompt=PROMPT, image=_image(), generator=_seed(), num_inference_steps=1)
+        assert ours.last_call["shift"] == 1.5
+    finally:
+        ours.defaults = official
+
+
 def test_image_to_video_matches_diffusers(parts, ours):
     ref = _run(
         _reference(parts, 8.0, i2v=True), image=_image(), prompt=PROMPT, negative_prompt=NEGATIVE, generator=_seed()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from motif_video import MotifVideoTransformer
 from motif_video.training.insert_cross_attention import insert_shared_cross_attention
 from motif_video.training.interleave import InterleavedBatches
@@ -331,21 +331,15 @@ def _recipe_worker(rank: int, world_size: int, port: int, run: str, stop_after: 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_rank_fsdp_run_killed_and_resumed_matches_uninterrupted(tmp_path):
     """FSDP2 on 2 gloo ranks, killed one step into the stage that inserts Shared Cross-Attention, resumed."""
     recipe = _short_recipe(first_stage=1)
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    mp.spawn(_recipe_worker, args=(2, _free_port(), full, None), nprocs=2, join=True)
-    mp.spawn(_recipe_worker, args=(2, _free_port(), killed, 4), nprocs=2, join=True)
+    mp.spawn(_recipe_worker, args=(2, free_port(), full, None), nprocs=2, join=True)
+    mp.spawn(_recipe_worker, args=(2, free_port(), killed, 4), nprocs=2, join=True)
     assert stage_final(tmp_path / "killed", 0, recipe.stages[0]) is not None  # really stopped in stage 2
     assert stage_final(tmp_path / "killed", 1, recipe.stages[1]) is None
-    mp.spawn(_recipe_worker, args=(2, _free_port(), killed, None), nprocs=2, join=True)
+    mp.spawn(_recipe_worker, args=(2, free_port(), killed, None), nprocs=2, join=True)
     expected, got = _final_weights(tmp_path / "full", recipe), _final_weights(tmp_path / "killed", recipe)
     for k, v in expected.items():
         assert torch.equal(got[k], v), k

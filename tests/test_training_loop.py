@@ -4,7 +4,6 @@ saving), and FSDP2 on 2 gloo ranks matches one process."""
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from motif_video import MotifVideoTransformer
 from motif_video.training import checkpoint as checkpoint_module
 from motif_video.training.checkpoint import COMPLETE, latest_checkpoint
@@ -197,17 +197,11 @@ def _worker(rank: int, world_size: int, port: int, batch: dict, out_path: str) -
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
     data = SyntheticBatches(num_samples=4, batch_size=4)
     batch = next(data)
     out = tmp_path / "fsdp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), batch, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), batch, str(out)), nprocs=2, join=True)
     result = torch.load(out, weights_only=True)
 
     # one process: each rank's half separately (same generator streams), gradients averaged like FSDP's mean

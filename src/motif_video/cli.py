@@ -86,16 +86,19 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="generate videos from text (or an image and text) and write them as mp4",
         description="Text-to-video, or image-to-video with --image. Unset sizes, frames, steps and fps come from "
         "the model (official: 1280x736, 121 frames, 50 steps, 24 fps). Each video is written with a JSON "
-        "of the resolved settings beside it.",
+        "of the resolved settings beside it. Without --model it uses the small model shipped in the package "
+        f"(offline, 64x64); pass --model {OFFICIAL_MODEL} for the official 2B release.",
     )
     gen.add_argument("--prompt", action="append", help="text prompt; repeat for several prompts")
     gen.add_argument("--prompt-file", help="file with one prompt per line (blank lines and # comments skipped)")
     gen.add_argument("--image", help="first frame for image-to-video (png/jpg); used for every prompt")
     gen.add_argument(
-        "--negative-prompt", help="what to steer away from (default: the official Motif-Video negative prompt)"
+        "--negative-prompt", help="what to steer away from (default: the model's; official: the Motif-Video one)"
     )
     src = gen.add_mutually_exclusive_group()
-    src.add_argument("--model", help=f"release folder or hub id (default: {OFFICIAL_MODEL}, from the hub cache)")
+    src.add_argument(
+        "--model", help=f"release folder or hub id, e.g. {OFFICIAL_MODEL} (default: the shipped small model)"
+    )
     src.add_argument("--preset", choices=["tiny"], help="tiny: random tiny components built in memory (no download)")
     gen.add_argument("--height", type=int, help="pixels, multiple of 16 (default: the model's, official 736)")
     gen.add_argument("--width", type=int, help="pixels, multiple of 16 (default: the model's, official 1280)")
@@ -106,7 +109,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--guidance-scale", type=float, help="guidance strength (default: the model's guider, official 8)")
     gen.add_argument("--guidance", choices=["apg", "cfg", "none"], help="guidance method (default: the model's, apg)")
     gen.add_argument("--apg-eta", type=float, help="APG parallel-component weight (default: the model's guider, 1)")
-    gen.add_argument("--shift", type=float, help="static sigma shift (default 15 for text-to-video, 8 with --image)")
+    gen.add_argument(
+        "--shift",
+        type=float,
+        help="static sigma shift (default: the model's; official 15, or 8 with --image)",
+    )
     gen.add_argument("--sampler", choices=SAMPLERS, default="euler", help="flow sampler (default euler)")
     gen.add_argument("--fps", type=int, help="frames per second of the file (default: the model's, official 24)")
     gen.add_argument(

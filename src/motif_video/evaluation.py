@@ -53,6 +53,7 @@ class EvalSettings:
     num_prompts: int = 48  # per split; 48 = 6 x the 7 held-out pairs + 6
     steps: int | None = None
     guidance_scale: float | None = None
+    shift: float | None = None  # None: the release's (per mode)
     seed: int = 0  # video i of a split is generated from seed + i
     mode: str = "t2v"  # t2v | i2v | both
     device: str = "auto"
@@ -162,6 +163,7 @@ def run_eval(settings: EvalSettings, progress: bool = True, pipe: Any | None = N
         guidance_scale=settings.guidance_scale if settings.guidance_scale is not None else pipe.guidance.scale,
         fps=d.fps,
         model_source=getattr(pipe, "source", None),
+        shift={m: settings.shift if settings.shift is not None else _default_shift(d, m) for m in settings.modes},
         **size,
     )
     report = EvalReport({**asdict(settings), **resolved}, [], {"load_s": round(time.perf_counter() - started, 3)})
@@ -237,6 +239,8 @@ def _generate(
         guidance_scale=resolved["guidance_scale"],
         output_type="np",
     )
+    if resolved["shift"][mode] is not None:
+        kwargs["shift"] = resolved["shift"][mode]
     if settings.negative_prompt is not None:
         kwargs["negative_prompt"] = settings.negative_prompt
 
@@ -260,6 +264,10 @@ def _generate(
         return np.concatenate([call([item], start + k) for k, item in enumerate(chunk)])
 
 
+def _default_shift(defaults: Any, mode: str) -> float | None:
+    return getattr(defaults, "shift_i2v" if mode == "i2v" else "shift_t2v", None)
+
+
 def heldout_failures(report: EvalReport, min_accuracy: float) -> list[str]:
     """One line per held-out table whose attribute accuracy is below `min_accuracy` (a fraction)."""
     if "heldout" not in report.settings["splits"]:
@@ -275,6 +283,13 @@ def heldout_failures(report: EvalReport, min_accuracy: float) -> list[str]:
     return failures
 
 
+def _shift_text(shift: Any) -> str:
+    if isinstance(shift, dict):
+        parts = [f"{value:g} ({mode.upper()})" for mode, value in shift.items() if value is not None]
+        return ", ".join(parts) or "default"
+    return "default" if shift is None else f"{shift:g}"
+
+
 def format_report(report: EvalReport) -> str:
     """Markdown: the attribute x (split, mode) table, then one line of settings and timing."""
     s, t = report.settings, report.timings
@@ -282,7 +297,8 @@ def format_report(report: EvalReport) -> str:
         format_table(report.tables),
         "",
         f"Model `{s['model']}`; {s['num_prompts']} prompts per split ({s['variant']} captions, prompt set "
-        f"{s['prompt_seed']}), {s['steps']} steps, guidance scale {s['guidance_scale']}, seed {s['seed']}, "
+        f"{s['prompt_seed']}), {s['steps']} steps, shift {_shift_text(s.get('shift'))}, "
+        f"guidance scale {s['guidance_scale']}, seed {s['seed']}, "
         f"{s['num_frames']}x{s['height']}x{s['width']}. {len(report.videos)} videos in {t.get('total_s', 0):.1f} s "
         f"({t.get('s_per_video', 0):.2f} s/video after a {t.get('load_s', 0):.1f} s load).",
     ]

@@ -34,10 +34,10 @@ class GenerateSettings:
 
     prompts: list[str]
     output: str = "video.mp4"
-    model: str | None = None  # release folder or hub id; None with preset=None -> the official model
+    model: str | None = None  # release folder or hub id; None with preset=None -> the shipped small model
     preset: str | None = None  # "tiny": random tiny components built in memory (no download)
     image: str | None = None
-    negative_prompt: str | None = None  # None -> the official negative prompt
+    negative_prompt: str | None = None  # None -> the model's default (official: the official negative prompt)
     height: int | None = None
     width: int | None = None
     num_frames: int | None = None
@@ -122,7 +122,12 @@ def build_pipeline(settings: GenerateSettings) -> Any:
         pipe.defaults = GenerationDefaults(**TINY_DEFAULTS)
         pipe.transformer.to(dtype=dtype)
     else:
-        source = settings.model or OFFICIAL_MODEL
+        if settings.model is None:
+            from motif_video.small_release import small_model_dir
+
+            source = str(small_model_dir())
+        else:
+            source = settings.model
         folder = resolve_folder(source)
         read_index(folder)  # a clear error for an incomplete folder before loading anything heavy
         pipe = MotifVideoPipeline.from_pretrained(str(folder), torch_dtype=dtype)

@@ -51,15 +51,23 @@ OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 
 
+# `negative_prompt` left at this default means "the model's default negative prompt" (`GenerationDefaults`).
+MODEL_DEFAULT_NEGATIVE = "<model default negative prompt>"
+
+
 @dataclass(frozen=True)
 class GenerationDefaults:
-    """Size and frame rate used when a call does not say; official: 1280x736, 121 frames at 24 fps."""
+    """What a call uses when it does not say; official: 1280x736, 121 frames at 24 fps, 50 steps, shift 15 (T2V) /
+    8 (I2V), the official negative prompt. A release stores its own (the small model: 64x64, shift 3, no negative)."""
 
     height: int = 736
     width: int = 1280
     num_frames: int = 121
     fps: int = 24
     num_inference_steps: int = 50
+    shift_t2v: float = DEFAULT_SHIFT_T2V
+    shift_i2v: float = DEFAULT_SHIFT_I2V
+    negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
 
 
 @dataclass
@@ -287,7 +295,7 @@ class MotifVideoPipeline:
         self,
         prompt: str | list[str] | None = None,
         image: Any | list[Any] | None = None,
-        negative_prompt: str | list[str] | None = OFFICIAL_NEGATIVE_PROMPT,
+        negative_prompt: str | list[str] | None = MODEL_DEFAULT_NEGATIVE,
         height: int | None = None,
         width: int | None = None,
         num_frames: int | None = None,
@@ -320,10 +328,11 @@ class MotifVideoPipeline:
         """Generate videos. Returns `.frames` (see `MotifVideoPipelineOutput`).
 
         `image` switches to image-to-video: one image for every prompt, or a list with one per prompt.
-        `shift` defaults to 15 (T2V) / 8 (I2V); `guidance_scale`, `guidance` ("apg" | "cfg" | "none" or a
-        `GuidanceConfig`) and `apg_*` override the pipeline's guidance config. `first_frame_latent`: "sample"
-        draws the first-frame latent from the VAE posterior with `generator` (the reference), "mode" takes its
-        mode. `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
+        `shift` and `negative_prompt` default to the model's (`self.defaults`; official: 15 T2V / 8 I2V and the
+        official negative prompt; `None` or "" is the empty prompt); `guidance_scale`, `guidance` ("apg" | "cfg" |
+        "none" or a `GuidanceConfig`) and `apg_*` override the pipeline's guidance config. `first_frame_latent`:
+        "sample" draws the first-frame latent from the VAE posterior with `generator` (the reference), "mode" takes
+        its mode. `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
         """
         height = height or self.defaults.height
         width = width or self.defaults.width
@@ -347,7 +356,11 @@ class MotifVideoPipeline:
 
         i2v = image is not None
         guide = self._resolve_guidance(guidance, guidance_scale, apg_eta, apg_norm_threshold, apg_momentum)
-        shift = float(shift) if shift is not None else (DEFAULT_SHIFT_I2V if i2v else DEFAULT_SHIFT_T2V)
+        if shift is None:
+            shift = self.defaults.shift_i2v if i2v else self.defaults.shift_t2v
+        shift = float(shift)
+        if isinstance(negative_prompt, str) and negative_prompt == MODEL_DEFAULT_NEGATIVE:
+            negative_prompt = self.defaults.negative_prompt
         schedule = resolve_sigmas(num_inference_steps, shift, sigmas, timesteps)
         num_steps = len(schedule)
         any_guidance = any(guide.active(i, num_steps) for i in range(num_steps))
