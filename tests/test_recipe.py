@@ -321,6 +321,17 @@ def test_curriculum_run_killed_anywhere_resumes_bit_identical(tmp_path):
     with pytest.raises(ValueError, match="different recipe"):
         run_recipe(changed, tmp_path / "full")
 
+    # a finished run may be extended: appended stages run, from the last finished one, as if planned all along
+    prefix = dataclasses.replace(recipe, stages=recipe.stages[:2])
+    assert run_recipe(prefix, tmp_path / "extended")[-1]["step"] == 6
+    assert [r["step"] for r in run_recipe(recipe, tmp_path / "extended")] == [7, 8, 9]
+    got = _final_weights(tmp_path / "extended", recipe)
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), ("extended", k)
+    edited = dataclasses.replace(recipe, stages=(dataclasses.replace(recipe.stages[0], lr=0.5), *recipe.stages[1:]))
+    with pytest.raises(ValueError, match="different recipe"):
+        run_recipe(edited, tmp_path / "extended")  # appending is allowed, editing a stage is not
+
 
 def _recipe_worker(rank: int, world_size: int, port: int, run: str, stop_after: int | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

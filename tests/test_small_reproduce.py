@@ -10,12 +10,19 @@ from motif_video.small_model.reproduce import SmallModelPlan, reproduce, small_r
 
 def test_reproduce_end_to_end_and_resume(tmp_path):
     plan = SmallModelPlan(
-        num_videos=6, num_images=4, vae_steps=2, image_steps=2, joint_steps=3, video_batch=2, image_batch=2
+        num_videos=6,
+        num_images=4,
+        vae_steps=2,
+        image_steps=2,
+        joint_steps=3,
+        anneal_steps=2,
+        video_batch=2,
+        image_batch=2,
     )
     ship = reproduce(tmp_path / "work", plan, ship_to=tmp_path / "ship")
     assert (ship / "model_index.json").is_file() and (ship / "transformer" / "config.json").is_file()
     rows = (tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 2  # the last step of each stage is always logged
+    assert len(rows) == 3  # the last step of each stage is always logged
 
     from motif_video import MotifVideoPipeline
 
@@ -32,5 +39,5 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
 
     again = reproduce(tmp_path / "work", plan)  # everything done: nothing is redone
     assert again == tmp_path / "work" / "release"
-    assert len((tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     assert small_recipe(tmp_path, plan).stages[1].interleave == ("image", "video", "video")

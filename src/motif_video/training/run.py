@@ -1,7 +1,7 @@
 """Run a `Recipe`: its stages in order, each a resumable `train()` call, with metrics and a final export.
 
 Layout of a run folder:
-    recipe.json                      the resolved recipe (a different recipe in the same folder is an error)
+    recipe.json                      the resolved recipe (a different one is an error; appending stages is not)
     metrics.jsonl, tensorboard/      one row per log step, global step numbers (`metrics.py`)
     data/<stage>-<source>/           synthetic shards (only for `path = "synthetic"` sources)
     stages/NN-<name>/checkpoints/    that stage's checkpoints (`checkpoint.py`); complete at step == stage.steps
@@ -167,21 +167,33 @@ def _device(device: str | torch.device) -> torch.device:
 def _write_recipe(recipe: Recipe, run_dir: Path, rank: int, resume: bool) -> None:
     path = run_dir / RECIPE_FILE
     payload = recipe.to_dict()
+    extends = False
     if path.is_file() and resume:
         saved = json.loads(path.read_text())
-        if saved != payload:
+        extends = _appends_stages(saved, payload)
+        if saved != payload and not extends:
             changed = sorted(k for k in set(saved) | set(payload) if saved.get(k) != payload.get(k))
             raise ValueError(
                 f"{run_dir} holds a run of a different recipe (fields {changed} differ): resume with the same "
-                "recipe, or give a new --output folder"
+                "recipe (more stages may be appended), or give a new --output folder"
             )
-    elif rank == 0:
+        if extends:
+            added = len(payload["stages"]) - len(saved["stages"])
+            logger.info("the recipe appends %d stage(s) to the run in %s", added, run_dir)
+    if (not path.is_file() or not resume or extends) and rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
         tmp.replace(path)
     if is_distributed():
         dist.barrier()
+
+
+def _appends_stages(saved: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """True when `payload` is `saved` with more stages after the same ones (extending a finished curriculum)."""
+    same = {k: v for k, v in saved.items() if k != "stages"} == {k: v for k, v in payload.items() if k != "stages"}
+    old, new = saved.get("stages", []), payload.get("stages", [])
+    return same and len(new) > len(old) and new[: len(old)] == old
 
 
 def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device) -> tuple[TrainModule, Any]:
