@@ -65,6 +65,21 @@ def test_generate_from_a_release_folder_image_to_video_and_prompt_file(tmp_path)
     assert np.abs(blue.astype(float) - red).mean() > 1
 
 
+def test_without_model_the_shipped_small_model_is_the_default(tmp_path, monkeypatch):
+    from motif_video.generate import OFFICIAL_MODEL, default_model
+
+    monkeypatch.setattr("motif_video.small_release.SMALL_MODEL_CANDIDATES", (tmp_path / "none",))
+    assert default_model() == OFFICIAL_MODEL  # no shipped model: the official release
+    release = save_tiny_release(tmp_path / "shipped")
+    monkeypatch.setattr("motif_video.small_release.SMALL_MODEL_CANDIDATES", (tmp_path / "none", release))
+    assert default_model() == str(release)
+    out = tmp_path / "default.mp4"
+    args = ["generate", "--prompt", "a red ball", "--steps", "1", "--output", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    record = json.loads(out.with_suffix(".json").read_text())["settings"]
+    assert record["model_source"] == str(release) and record["model"] is None
+
+
 def _incomplete_release(tmp_path: Path) -> Path:
     folder = tmp_path / "incomplete"
     folder.mkdir()
@@ -135,7 +150,7 @@ def test_no_prompt_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for default in ("default 0", "multiple of 16", "4k+1", "the shipped small model", "default euler", "official 736"):
+    for default in ("default 0", "multiple of 16", "4k+1", "shipped small model", "default euler", "official 736"):
         assert default in help_text
 
 

@@ -87,7 +87,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         description="Text-to-video, or image-to-video with --image. Unset sizes, frames, steps and fps come from "
         "the model (official: 1280x736, 121 frames, 50 steps, 24 fps). Each video is written with a JSON "
         "of the resolved settings beside it. Without --model it uses the small model shipped in the package "
-        f"(offline, 64x64); pass --model {OFFICIAL_MODEL} for the official 2B release.",
+        f"(offline, 64x64) when the package has one, else {OFFICIAL_MODEL}.",
     )
     gen.add_argument("--prompt", action="append", help="text prompt; repeat for several prompts")
     gen.add_argument("--prompt-file", help="file with one prompt per line (blank lines and # comments skipped)")
@@ -97,7 +97,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     src = gen.add_mutually_exclusive_group()
     src.add_argument(
-        "--model", help=f"release folder or hub id, e.g. {OFFICIAL_MODEL} (default: the shipped small model)"
+        "--model", help=f"release folder or hub id (default: the shipped small model if any, else {OFFICIAL_MODEL})"
     )
     src.add_argument("--preset", choices=["tiny"], help="tiny: random tiny components built in memory (no download)")
     gen.add_argument("--height", type=int, help="pixels, multiple of 16 (default: the model's, official 736)")

@@ -34,7 +34,7 @@ class GenerateSettings:
 
     prompts: list[str]
     output: str = "video.mp4"
-    model: str | None = None  # release folder or hub id; None with preset=None -> the shipped small model
+    model: str | None = None  # release folder or hub id; None with preset=None -> `default_model()`
     preset: str | None = None  # "tiny": random tiny components built in memory (no download)
     image: str | None = None
     negative_prompt: str | None = None  # None -> the model's default (official: the official negative prompt)
@@ -109,6 +109,17 @@ class GenerateSettings:
         return DTYPES[self.dtype]
 
 
+def default_model() -> str:
+    """The small model shipped in the package when it is there (offline), else the official release."""
+    from motif_video.models.checkpoint_io import CheckpointError
+    from motif_video.small_release import small_model_dir
+
+    try:
+        return str(small_model_dir())
+    except CheckpointError:
+        return OFFICIAL_MODEL
+
+
 def build_pipeline(settings: GenerateSettings) -> Any:
     """Load (or build, for the tiny preset) the pipeline and apply the memory mode."""
     from motif_video.pipeline.loading import read_index, resolve_folder
@@ -122,12 +133,7 @@ def build_pipeline(settings: GenerateSettings) -> Any:
         pipe.defaults = GenerationDefaults(**TINY_DEFAULTS)
         pipe.transformer.to(dtype=dtype)
     else:
-        if settings.model is None:
-            from motif_video.small_release import small_model_dir
-
-            source = str(small_model_dir())
-        else:
-            source = settings.model
+        source = settings.model if settings.model is not None else default_model()
         folder = resolve_folder(source)
         read_index(folder)  # a clear error for an incomplete folder before loading anything heavy
         pipe = MotifVideoPipeline.from_pretrained(str(folder), torch_dtype=dtype)
