@@ -107,7 +107,7 @@ def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to:
         build_release_components(release, vae_dir, plan.seed)
     for kind, bucket in (("videos", "17x64x64"), ("images", "1x64x64")):  # resumes per shard
         prepare(data / kind / "manifest.jsonl", release, work / "shards" / kind, bucket, samples_per_shard=500,
-                seed=plan.seed, dtype="float32", image_tokens=True, device="cpu")  # fmt: skip
+                seed=plan.seed, dtype="float32", image_tokens=True, device="auto")  # fmt: skip
     recipe = small_recipe(work, plan)
     run = work / "run"
     start = resume_step(recipe, run) if (run / "recipe.json").is_file() else None
