@@ -163,7 +163,10 @@ def run_eval(settings: EvalSettings, progress: bool = True, pipe: Any | None = N
         guidance_scale=settings.guidance_scale if settings.guidance_scale is not None else pipe.guidance.scale,
         fps=d.fps,
         model_source=getattr(pipe, "source", None),
-        shift={m: settings.shift if settings.shift is not None else _default_shift(d, m) for m in settings.modes},
+        shift={
+            m: settings.shift if settings.shift is not None else d.shift_i2v if m == "i2v" else d.shift_t2v
+            for m in settings.modes
+        },
         **size,
     )
     report = EvalReport({**asdict(settings), **resolved}, [], {"load_s": round(time.perf_counter() - started, 3)})
@@ -239,8 +242,7 @@ def _generate(
         guidance_scale=resolved["guidance_scale"],
         output_type="np",
     )
-    if resolved["shift"][mode] is not None:
-        kwargs["shift"] = resolved["shift"][mode]
+    kwargs["shift"] = resolved["shift"][mode]
     if settings.negative_prompt is not None:
         kwargs["negative_prompt"] = settings.negative_prompt
 
@@ -264,10 +266,6 @@ def _generate(
         return np.concatenate([call([item], start + k) for k, item in enumerate(chunk)])
 
 
-def _default_shift(defaults: Any, mode: str) -> float | None:
-    return getattr(defaults, "shift_i2v" if mode == "i2v" else "shift_t2v", None)
-
-
 def heldout_failures(report: EvalReport, min_accuracy: float) -> list[str]:
     """One line per held-out table whose attribute accuracy is below `min_accuracy` (a fraction)."""
     if "heldout" not in report.settings["splits"]:
@@ -285,8 +283,7 @@ def heldout_failures(report: EvalReport, min_accuracy: float) -> list[str]:
 
 def _shift_text(shift: Any) -> str:
     if isinstance(shift, dict):
-        parts = [f"{value:g} ({mode.upper()})" for mode, value in shift.items() if value is not None]
-        return ", ".join(parts) or "default"
+        return ", ".join(f"{value:g} ({mode.upper()})" for mode, value in shift.items())
     return "default" if shift is None else f"{shift:g}"
 
 
