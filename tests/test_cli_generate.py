@@ -96,6 +96,7 @@ BAD = [
     (["--output", "{tmp}/no/such/dir/clip.mp4"], "does not exist"),
     (["--output", "{tmp}/clip.avi"], "unsupported output format"),
     (["--prompt", "   "], "empty prompt"),
+    (["--noise-correlation", "1.5"], "noise_correlation must lie in \\[0, 1\\]"),
 ]
 
 

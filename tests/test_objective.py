@@ -9,6 +9,7 @@ from motif_video.training.objective import (
     ObjectiveConfig,
     condition_channels,
     draw_i2v,
+    draw_noise,
     drop_prompts,
     flow_loss,
     gaussian_blur_latent,
@@ -83,3 +84,19 @@ def test_i2v_draw_and_prompt_dropout():
     assert same[0] is text
     dropped, dmask = drop_prompts(text, mask, null, null_mask, ObjectiveConfig(prompt_dropout=1.0), _g())
     assert dropped.shape == (4, 7, 8) and dmask.sum(dim=1).eq(1).all() and dropped.eq(0).all()
+
+
+def test_frame_correlated_noise():
+    """rho = 0 draws exactly torch.randn (old runs resume bit-identically); rho > 0 correlates the latent frames of
+    a video at rho with unit variance; an image (one frame) is never changed."""
+    shape = (32, 4, 5, 8, 8)
+    torch.testing.assert_close(draw_noise(shape, ObjectiveConfig(), _g(1)), torch.randn(shape, generator=_g(1)))
+    eps = draw_noise(shape, ObjectiveConfig(noise_correlation=0.75), _g(1))
+    assert abs(float(eps.std()) - 1.0) < 0.03
+    corr = torch.corrcoef(torch.stack([eps[:, :, 1].flatten(), eps[:, :, 4].flatten()]))[0, 1]
+    assert abs(float(corr) - 0.75) < 0.03
+    image = (8, 4, 1, 8, 8)
+    config = ObjectiveConfig(noise_correlation=0.75)
+    torch.testing.assert_close(draw_noise(image, config, _g(2)), torch.randn(image, generator=_g(2)))
+    with pytest.raises(ValueError, match="noise_correlation"):
+        ObjectiveConfig(noise_correlation=1.5)

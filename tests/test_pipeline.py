@@ -131,6 +131,59 @@ def test_release_defaults_choose_shift_and_negative_prompt(ours):
         ours.defaults = official
 
 
+def test_noise_correlation_default(ours):
+    """A release's noise_correlation is what an unset call uses (and equals passing it); 0 keeps the seed's video."""
+    import dataclasses
+
+    official = ours.defaults
+    base = _run(ours, prompt=PROMPT, generator=_seed(), guidance="none")
+    assert ours.last_call["noise_correlation"] == 0.0
+    np.testing.assert_array_equal(base, _run(ours, prompt=PROMPT, generator=_seed(), guidance="none",
+                                             noise_correlation=0.0))  # fmt: skip
+    ours.defaults = dataclasses.replace(official, noise_correlation=0.9)
+    try:
+        implicit = _run(ours, prompt=PROMPT, generator=_seed(), guidance="none")
+        assert ours.last_call["noise_correlation"] == 0.9
+        explicit = _run(ours, prompt=PROMPT, generator=_seed(), guidance="none", noise_correlation=0.9)
+        np.testing.assert_array_equal(implicit, explicit)
+        assert np.abs(implicit - base).max() > 100 * TOL
+    finally:
+        ours.defaults = official
+    with pytest.raises(ValueError, match="noise_correlation must lie in"):
+        _run(ours, prompt=PROMPT, generator=_seed(), noise_correlation=1.5)
+
+
+def test_initial_noise_shares_a_draw_across_frames():
+    from motif_video.pipeline.latents import correlate_frames, initial_noise, randn, shared_noise_shape
+
+    shape, cpu = (2, 4, 3, 4, 4), torch.device("cpu")
+    independent = initial_noise(shape, _seed(3), cpu)
+    torch.testing.assert_close(independent, randn(shape, _seed(3), cpu, torch.float32), rtol=0, atol=0)
+    same = initial_noise(shape, _seed(3), cpu, 1.0)
+    torch.testing.assert_close(same[:, :, 0], same[:, :, 2])
+    assert not torch.allclose(same[:, :, 0], independent[:, :, 0])
+    g = _seed(4)
+    expected = correlate_frames(randn(shape, g, cpu, torch.float32), randn(shared_noise_shape(shape), g, cpu,
+                                torch.float32), 0.5)  # fmt: skip
+    torch.testing.assert_close(initial_noise(shape, _seed(4), cpu, 0.5), expected, rtol=0, atol=0)
+
+
+def test_correlate_frames_statistics():
+    from motif_video.pipeline.latents import correlate_frames, shared_noise_shape
+
+    g = torch.Generator().manual_seed(0)
+    shape = (64, 4, 3, 16, 16)
+    noise, shared = torch.randn(shape, generator=g), torch.randn(shared_noise_shape(shape), generator=g)
+    assert correlate_frames(noise, shared, 0.0) is noise
+    for rho in (0.5, 0.9):
+        eps = correlate_frames(noise, shared, rho)
+        a, b = eps[:, :, 0].flatten(), eps[:, :, 2].flatten()
+        assert abs(float(eps.std()) - 1.0) < 0.02
+        assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1]) - rho) < 0.02
+    same = correlate_frames(noise, shared, 1.0)
+    torch.testing.assert_close(same[:, :, 0], same[:, :, 2])
+
+
 def test_image_to_video_matches_diffusers(parts, ours):
     ref = _run(
         _reference(parts, 8.0, i2v=True), image=_image(), prompt=PROMPT, negative_prompt=NEGATIVE, generator=_seed()

@@ -332,6 +332,14 @@ def test_curriculum_run_killed_anywhere_resumes_bit_identical(tmp_path):
     with pytest.raises(ValueError, match="different recipe"):
         run_recipe(edited, tmp_path / "extended")  # appending is allowed, editing a stage is not
 
+    # a run saved before a config field existed (here: the objective's noise_correlation) is the same recipe
+    saved = tmp_path / "full" / "recipe.json"
+    data = json.loads(saved.read_text())
+    for stage in data["stages"]:
+        stage["objective"].pop("noise_correlation")
+    saved.write_text(json.dumps(data))
+    assert run_recipe(recipe, tmp_path / "full") == []  # finished: nothing to run, and no "different recipe"
+
 
 def _recipe_worker(rank: int, world_size: int, port: int, run: str, stop_after: int | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

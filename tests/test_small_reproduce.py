@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from motif_video.small_model.reproduce import SmallModelPlan, reproduce, small_recipe
+from motif_video.small_model.reproduce import SmallModelPlan, reproduce, sampling_correlation, small_recipe
 
 
 def test_reproduce_end_to_end_and_resume(tmp_path):
@@ -16,13 +16,14 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
         image_steps=2,
         joint_steps=3,
         anneal_steps=2,
+        prior_steps=2,
         video_batch=2,
         image_batch=2,
     )
     ship = reproduce(tmp_path / "work", plan, ship_to=tmp_path / "ship")
     assert (ship / "model_index.json").is_file() and (ship / "transformer" / "config.json").is_file()
     rows = (tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 3  # the last step of each stage is always logged
+    assert len(rows) == 4  # the last step of each stage is always logged
 
     from motif_video import MotifVideoPipeline
 
@@ -39,5 +40,9 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
 
     again = reproduce(tmp_path / "work", plan)  # everything done: nothing is redone
     assert again == tmp_path / "work" / "release"
-    assert len((tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()) == 4
     assert small_recipe(tmp_path, plan).stages[1].interleave == ("image", "video", "video")
+    assert pipe.defaults.noise_correlation == plan.noise_correlation > 0  # the release samples as the prior stage
+    assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9]
+    no_prior = SmallModelPlan(prior_steps=0)
+    assert len(small_recipe(tmp_path, no_prior).stages) == 3 and sampling_correlation(no_prior) == 0.0

@@ -63,6 +63,7 @@ def _generate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         apg_eta=args.apg_eta,
         shift=args.shift,
+        noise_correlation=args.noise_correlation,
         sampler=args.sampler,
         fps=args.fps,
         offload=args.offload,
@@ -113,6 +114,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--shift",
         type=float,
         help="static sigma shift (default: the model's; official 15, or 8 with --image)",
+    )
+    gen.add_argument(
+        "--noise-correlation",
+        type=float,
+        help="correlation in [0, 1] between latent frames of the starting noise (default: the model's; official 0)",
     )
     gen.add_argument("--sampler", choices=SAMPLERS, default="euler", help="flow sampler (default euler)")
     gen.add_argument("--fps", type=int, help="frames per second of the file (default: the model's, official 24)")

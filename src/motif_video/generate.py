@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from motif_video.pipeline.guidance import GUIDANCE_METHODS
-from motif_video.pipeline.latents import check_video_size
+from motif_video.pipeline.latents import check_noise_correlation, check_video_size
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class GenerateSettings:
     guidance: str | None = None  # apg | cfg | none (None: the model's guider config)
     apg_eta: float | None = None
     shift: float | None = None
+    noise_correlation: float | None = None  # between latent frames of the starting noise (None: the model's)
     sampler: str = "euler"
     fps: int | None = None
     offload: str = "none"
@@ -70,6 +71,8 @@ class GenerateSettings:
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
         check_video_size(self.height or 16, self.width or 16, self.num_frames or 1)
+        if self.noise_correlation is not None:
+            check_noise_correlation(self.noise_correlation)
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"unknown offload mode {self.offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
         if self.sampler not in SAMPLERS:
@@ -190,6 +193,7 @@ def generate(settings: GenerateSettings, pipe: Any | None = None) -> list[Path]:
         guidance=settings.guidance,
         apg_eta=settings.apg_eta,
         shift=settings.shift,
+        noise_correlation=settings.noise_correlation,
         num_videos_per_prompt=settings.num_videos_per_prompt,
         generator=generator,
         output_type="np",

@@ -7,6 +7,7 @@ there; for T2V all 17 extra channels are zero. Latent frames F' = (F - 1) / 4 + 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -71,6 +72,44 @@ def randn(
     draw_device = generator.device if generator is not None else torch.device("cpu")
     noise = torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32)
     return noise.to(device=device, dtype=dtype)
+
+
+def correlate_frames(noise: torch.Tensor, shared: torch.Tensor, correlation: float) -> torch.Tensor:
+    """Frame-correlated Gaussian noise (the "mixed" noise prior of PYoCo, Ge et al. arXiv 2305.10474).
+
+    noise: (B, C, F, H, W) independent; shared: (B, C, 1, H, W), one draw for every frame. Returns
+    sqrt(rho) * shared + sqrt(1 - rho) * noise: still unit variance per element, with correlation rho between any
+    two latent frames at the same place. rho = 0 is the independent noise the official model uses.
+    """
+    check_noise_correlation(correlation)
+    if correlation == 0.0:
+        return noise
+    return math.sqrt(correlation) * shared + math.sqrt(1.0 - correlation) * noise
+
+
+def initial_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device,
+    correlation: float = 0.0,
+) -> torch.Tensor:
+    """The sampler's starting latents (float32): `randn`, then, when correlation > 0, one more draw per video shared
+    by its frames (`correlate_frames`). The shared draw comes second, so correlation 0 keeps a seed's noise."""
+    check_noise_correlation(correlation)
+    noise = randn(shape, generator, device, torch.float32)
+    if correlation == 0.0:
+        return noise
+    return correlate_frames(noise, randn(shared_noise_shape(shape), generator, device, torch.float32), correlation)
+
+
+def check_noise_correlation(correlation: float) -> None:
+    if not 0.0 <= correlation <= 1.0:
+        raise ValueError(f"noise_correlation must lie in [0, 1] (0 = independent frames), got {correlation}")
+
+
+def shared_noise_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the one draw shared by every latent frame: (B, C, 1, H, W) for latents (B, C, F, H, W)."""
+    return (*shape[:2], 1, *shape[3:])
 
 
 def encode_first_frames(

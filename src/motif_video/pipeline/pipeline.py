@@ -68,6 +68,7 @@ class GenerationDefaults:
     shift_t2v: float = DEFAULT_SHIFT_T2V
     shift_i2v: float = DEFAULT_SHIFT_I2V
     negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
+    noise_correlation: float = 0.0  # between latent frames of the starting noise (`latents.correlate_frames`)
 
 
 @dataclass
@@ -303,6 +304,7 @@ class MotifVideoPipeline:
         sigmas: list[float] | None = None,
         timesteps: list[float] | None = None,
         shift: float | None = None,
+        noise_correlation: float | None = None,
         guidance_scale: float | None = None,
         guidance: GuidanceConfig | str | None = None,
         apg_eta: float | None = None,
@@ -329,7 +331,9 @@ class MotifVideoPipeline:
 
         `image` switches to image-to-video: one image for every prompt, or a list with one per prompt.
         `shift` and `negative_prompt` default to the model's (`self.defaults`; official: 15 T2V / 8 I2V and the
-        official negative prompt; `None` or "" is the empty prompt); `guidance_scale`, `guidance` ("apg" | "cfg" |
+        official negative prompt; `None` or "" is the empty prompt); so does `noise_correlation`, the correlation
+        between latent frames of the starting noise (official 0: independent; a model trained with a correlated
+        prior stores its own); `guidance_scale`, `guidance` ("apg" | "cfg" |
         "none" or a `GuidanceConfig`) and `apg_*` override the pipeline's guidance config. `first_frame_latent`:
         "sample" draws the first-frame latent from the VAE posterior with `generator` (the reference), "mode" takes
         its mode. `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
@@ -340,6 +344,9 @@ class MotifVideoPipeline:
         if num_inference_steps is None and sigmas is None and timesteps is None:
             num_inference_steps = self.defaults.num_inference_steps
         latent_ops.check_video_size(height, width, num_frames)
+        if noise_correlation is None:
+            noise_correlation = self.defaults.noise_correlation
+        latent_ops.check_noise_correlation(noise_correlation)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if num_videos_per_prompt < 1:
@@ -387,7 +394,7 @@ class MotifVideoPipeline:
         # 2. initial noise (drawn before the first-frame sample, as the reference)
         shape = latent_ops.latent_shape(batch, self.vae.config.z_dim, height, width, num_frames)
         if latents is None:
-            latents = latent_ops.randn(shape, generator, device, torch.float32)
+            latents = latent_ops.initial_noise(shape, generator, device, noise_correlation)
         else:
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents must have shape {shape} for this size and batch, got {tuple(latents.shape)}")
@@ -423,6 +430,7 @@ class MotifVideoPipeline:
             num_frames=num_frames,
             num_inference_steps=num_steps,
             shift=shift,
+            noise_correlation=float(noise_correlation),
             sigmas=[float(x) for x in schedule],
             custom_schedule=sigmas is not None or timesteps is not None,
             scheduler=type(scheduler).__name__,

@@ -35,16 +35,27 @@ from motif_video.small_model.vocab import build_small_tokenizer
 # What `motif-video generate` uses when the call does not say (GenerationDefaults fields). The shift is lower than
 # the official 15/8: 80 latent tokens need far less of a push towards noise than 20k. No negative prompt: the
 # official one is mostly <unk> under the caption vocabulary, and the model was trained with the empty prompt as null.
+# Frame-correlated starting noise, as the last training stage used (small_model/reproduce.py; the value written is
+# the plan's, this is the default plan's).
 SMALL_DEFAULTS = dict(
-    height=64, width=64, num_frames=17, fps=8, num_inference_steps=25, shift_t2v=3.0, shift_i2v=3.0, negative_prompt=""
+    height=64,
+    width=64,
+    num_frames=17,
+    fps=8,
+    num_inference_steps=25,
+    shift_t2v=3.0,
+    shift_i2v=3.0,
+    negative_prompt="",
+    noise_correlation=0.9,
 )
 SCHEDULER_SHIFT = 15.0  # the scheduler config's shift, as tiny.py (our pipeline applies its own explicit shift)
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "feature_extractor", "scheduler", "guider")
 
 
-def release_index(with_transformer: bool) -> dict[str, Any]:
-    """The model_index.json dict: the official classes, our defaults, the transformer named only once present."""
-    index = {**tiny.model_index(), DEFAULTS_KEY: dict(SMALL_DEFAULTS)}
+def release_index(with_transformer: bool, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model_index.json dict: the official classes, our defaults (SMALL_DEFAULTS updated by `defaults`), the
+    transformer named only once present."""
+    index = {**tiny.model_index(), DEFAULTS_KEY: {**SMALL_DEFAULTS, **(defaults or {})}}
     index["transformer"] = list(TRANSFORMER_CLASS) if with_transformer else [None, None]
     return index
 
@@ -97,8 +108,11 @@ def build_release_components(out_dir: str | Path, vae_dir: str | Path, seed: int
     return root
 
 
-def finish_release(release_dir: str | Path, transformer_dir: str | Path) -> Path:
-    """Copy an exported transformer folder (config.json + weights) into the release; index rewritten last."""
+def finish_release(
+    release_dir: str | Path, transformer_dir: str | Path, defaults: dict[str, Any] | None = None
+) -> Path:
+    """Copy an exported transformer folder (config.json + weights) into the release; index rewritten last, with
+    SMALL_DEFAULTS updated by `defaults` (what the training used, e.g. its noise_correlation)."""
     root, source = Path(release_dir), Path(transformer_dir)
     missing = [name for name in COMPONENTS if not (root / name).is_dir()]
     if missing or not (root / INDEX).is_file():
@@ -117,7 +131,7 @@ def finish_release(release_dir: str | Path, transformer_dir: str | Path) -> Path
     shutil.copytree(source, staging)
     shutil.rmtree(root / "transformer", ignore_errors=True)
     os.replace(staging, root / "transformer")
-    _write_index(root, release_index(with_transformer=True))
+    _write_index(root, release_index(with_transformer=True, defaults=defaults))
     return root
 
 

@@ -13,7 +13,9 @@ stopped (the VAE and the transformer resume from their own checkpoints):
 The transformer is the real architecture at toy width (`SMALL_TRANSFORMER`): dual-stream blocks, single-stream
 blocks with Shared Cross-Attention and a DDT decoder, trained with our recipe: rectified flow, logit-normal t,
 prompt dropout, joint T2V/I2V (first-frame channels and SigLIP tokens), images and videos interleaved
-(image, video, video), TREAD routing, EMA. REPA is off: no pretrained teacher can be downloaded here.
+(image, video, video), TREAD routing, EMA; then an anneal stage without TREAD and a "prior" stage on videos with
+frame-correlated noise (`ObjectiveConfig.noise_correlation`), which the release stores as its sampling default.
+REPA is off: no pretrained teacher can be downloaded here.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class SmallModelPlan:
     anneal_steps: int = 5000  # stage 3: the same mix, no TREAD, lower lr, timesteps shifted towards noise
     anneal_lr: float = 3e-4
     anneal_shift: float = 2.0
+    prior_steps: int = 3000  # stage 4: videos only, no TREAD, frame-correlated noise (the release samples with it)
+    noise_correlation: float = 0.9
     video_batch: int = 16
     image_batch: int = 32
     lr: float = 1e-3
@@ -61,6 +65,12 @@ def small_recipe(work_dir: Path, plan: SmallModelPlan) -> Recipe:
     # routed at t = 0.6, and its samples are unusable). It also shifts t towards noise (median 0.67 at shift 2),
     # where sampling starts and logit-normal(0, 1) rarely trains (t > 0.9: 1.4% of draws), at a lower lr.
     anneal = ObjectiveConfig(i2v_ratio=0.5, prompt_dropout=0.1, shift=plan.anneal_shift)
+    # The prior stage fine-tunes on frame-correlated noise (objective.py): with independent noise this model decides
+    # each latent frame's layout from that frame's own noise (measured: T2V and I2V give the same frames 1-4 for a
+    # seed; consistency 0%), and a shared draw gives every frame the same starting layout. Videos only: an image has
+    # one frame, so nothing to correlate.
+    prior = ObjectiveConfig(i2v_ratio=0.5, prompt_dropout=0.1, shift=plan.anneal_shift,
+                            noise_correlation=plan.noise_correlation)  # fmt: skip
     route = RouteConfig(start=1, end=6, ratio=0.5)  # dual block 1 .. encoder block 5; the decoder sees all tokens
     return Recipe(
         model=ModelSource(preset="motif-video-small"),
@@ -71,7 +81,9 @@ def small_recipe(work_dir: Path, plan: SmallModelPlan) -> Recipe:
                   lr=plan.lr, route=route, objective=objective),
             Stage("anneal", plan.anneal_steps, {"image": images, "video": videos}, ("image", "video", "video"),
                   lr=plan.anneal_lr, route=None, objective=anneal),
-        ),
+        )
+        + ((Stage("prior", plan.prior_steps, {"video": videos}, lr=plan.anneal_lr, route=None, objective=prior),)
+           if plan.prior_steps else ()),
         seed=plan.seed,
         log_every=25,
         checkpoint_every=250,
@@ -79,6 +91,11 @@ def small_recipe(work_dir: Path, plan: SmallModelPlan) -> Recipe:
         parallel=ParallelConfig(param_dtype="float32", activation_checkpointing=False),
         tensorboard=False,
     )  # fmt: skip
+
+
+def sampling_correlation(plan: SmallModelPlan) -> float:
+    """The release's noise_correlation: the prior stage's when there is one, else independent noise."""
+    return plan.noise_correlation if plan.prior_steps else 0.0
 
 
 def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to: str | Path | None = None) -> Path:
@@ -118,7 +135,7 @@ def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to:
         raise RuntimeError(f"training in {work / 'run'} did not finish")
     exported = work / "transformer"
     export_transformer(final, exported, use_ema=True)  # always: a few MB, and the run may have gained stages
-    finish_release(release, exported)
+    finish_release(release, exported, defaults={"noise_correlation": sampling_correlation(plan)})
     if ship_to is not None:
         ship = Path(ship_to)
         tmp = ship.with_name(ship.name + ".tmp")

@@ -15,6 +15,12 @@ Timestep-aware blur of the condition (named in the model card, formula unpublish
 first-frame latent is Gaussian-blurred in space with std = blur_max * t^blur_power latent pixels, so a noisy
 sample is conditioned on a coarser first frame and a nearly clean one on the exact frame. blur_max = 0 turns it
 off. Prompt dropout (0.1) replaces the text with the null (empty-prompt) encoding, for guidance at inference.
+
+Frame-correlated noise (off by default; the official model uses independent noise) -- OUR CHOICE for small models:
+`noise_correlation` rho > 0 draws eps as sqrt(rho) * shared + sqrt(1 - rho) * independent, one shared draw for all
+latent frames (PYoCo's mixed noise prior, Ge et al. arXiv 2305.10474). A model that has not yet learned to carry
+objects across frames then starts every frame from much the same layout; sampling must use the same rho (the
+release stores it as a generation default).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from motif_video.pipeline.latents import correlate_frames, shared_noise_shape
 from motif_video.pipeline.schedule import shift_sigmas
 
 
@@ -38,11 +45,12 @@ class ObjectiveConfig:
     i2v_ratio: float = 0.5  # fraction of VIDEO clips trained as image-to-video
     blur_max: float = 1.0  # latent pixels of blur at t = 1 (0 = off)
     blur_power: float = 1.0
+    noise_correlation: float = 0.0  # between latent frames of eps (PYoCo mixed noise); 0 = independent, as official
 
     def __post_init__(self) -> None:
         if self.timestep_sampling not in ("logit_normal", "uniform"):
             raise ValueError(f"timestep_sampling must be 'logit_normal' or 'uniform', got {self.timestep_sampling!r}")
-        for name in ("prompt_dropout", "i2v_ratio"):
+        for name in ("prompt_dropout", "i2v_ratio", "noise_correlation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.shift <= 0 or self.logit_std <= 0 or self.blur_max < 0:
@@ -65,6 +73,18 @@ def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[t
     """x0, eps: (B, C, F, H, W); t: (B,) -> (x_t, target v = eps - x0)."""
     tt = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
     return (1 - tt) * x0 + tt * eps, eps - x0
+
+
+def draw_noise(shape: tuple[int, ...], config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:
+    """eps for latents of `shape` (B, C, F, H, W) on the generator's device: independent, or frame-correlated.
+
+    The shared draw comes after the independent one and only when rho > 0 (a video), so rho = 0 consumes the
+    generator exactly as before."""
+    eps = torch.randn(shape, generator=generator, device=generator.device)
+    if config.noise_correlation > 0 and shape[2] > 1:
+        shared = torch.randn(shared_noise_shape(shape), generator=generator, device=generator.device)
+        eps = correlate_frames(eps, shared, config.noise_correlation)
+    return eps
 
 
 def flow_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from motif_video.training.flops import peak_flops_for, step_flops_fn
 from motif_video.training.insert_cross_attention import insert_shared_cross_attention
 from motif_video.training.interleave import InterleavedBatches
 from motif_video.training.parallel import is_distributed, parallelize, world
-from motif_video.training.recipe import SYNTHETIC, Recipe, Source, Stage
+from motif_video.training.recipe import SYNTHETIC, Recipe, Source, Stage, recipe_from_dict
 from motif_video.training.repa import REPAProjector
 from motif_video.training.train_module import TrainModule, unwrap
 from motif_video.training.trainer import TrainConfig, train
@@ -169,7 +169,7 @@ def _write_recipe(recipe: Recipe, run_dir: Path, rank: int, resume: bool) -> Non
     payload = recipe.to_dict()
     extends = False
     if path.is_file() and resume:
-        saved = json.loads(path.read_text())
+        saved = _current_form(json.loads(path.read_text()))
         extends = _appends_stages(saved, payload)
         if saved != payload and not extends:
             changed = sorted(k for k in set(saved) | set(payload) if saved.get(k) != payload.get(k))
@@ -187,6 +187,14 @@ def _write_recipe(recipe: Recipe, run_dir: Path, rank: int, resume: bool) -> Non
         tmp.replace(path)
     if is_distributed():
         dist.barrier()
+
+
+def _current_form(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe as this code writes it: a field added since (with its default) is not a change of recipe."""
+    try:
+        return recipe_from_dict(saved).to_dict()
+    except (TypeError, ValueError, KeyError):
+        return saved  # not loadable as it is: compared raw, and reported as a different recipe
 
 
 def _appends_stages(saved: dict[str, Any], payload: dict[str, Any]) -> bool:

@@ -41,6 +41,7 @@ from motif_video.training.objective import (
     ObjectiveConfig,
     condition_channels,
     draw_i2v,
+    draw_noise,
     drop_prompts,
     flow_loss,
     interpolate,
@@ -288,7 +289,7 @@ def training_step(
     x0 = batch["latents"].to(device=device, dtype=torch.float32)
     b, _, frames, h, w = x0.shape
     t = sample_timesteps(b, obj, generator)
-    eps = torch.randn(x0.shape, generator=generator).to(device)
+    eps = draw_noise(tuple(x0.shape), obj, generator).to(device)
     xt, target = interpolate(x0, eps, t.to(device))
     is_video = torch.full((b,), frames > 1, dtype=torch.bool)
     i2v = draw_i2v(is_video, obj, generator)
