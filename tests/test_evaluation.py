@@ -120,6 +120,10 @@ def test_cli_writes_results_table_and_videos(release, tmp_path, capsys):
     assert [v["path"] for v in results["videos"]] == ["t2v/heldout-p000.mp4", "t2v/heldout-p001.mp4"]
     assert all((out / v["path"]).stat().st_size > 0 for v in results["videos"])
     assert (out / "table.md").read_text().startswith("| attribute |")
+    assert results["settings"]["noise_correlation"] == 0.0 and "noise correlation 0," in printed  # the release's
+
+    code = main([*args, "--device", "cpu", "--output", str(tmp_path / "rho"), "--noise-correlation", "0.5"])
+    assert code == 0 and "noise correlation 0.5," in capsys.readouterr().out
 
     code = main(["eval", "--model", str(release), "--split", "heldout", "--num-prompts", "1", "--steps", "1",
                  *SIZE_ARGS, "--min-accuracy", "0.99"])  # fmt: skip

@@ -328,6 +328,15 @@ def test_curriculum_run_killed_anywhere_resumes_bit_identical(tmp_path):
     got = _final_weights(tmp_path / "extended", recipe)
     for k, v in expected.items():
         assert torch.equal(got[k], v), ("extended", k)
+    # ... or its last stage lengthened (constant lr after warmup: the same as planning the longer stage)
+    short = dataclasses.replace(recipe, stages=(*recipe.stages[:2], dataclasses.replace(recipe.stages[2], steps=1)))
+    assert run_recipe(short, tmp_path / "lengthened")[-1]["step"] == 7
+    assert [r["step"] for r in run_recipe(recipe, tmp_path / "lengthened")] == [8, 9]
+    got = _final_weights(tmp_path / "lengthened", recipe)
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), ("lengthened", k)
+    with pytest.raises(ValueError, match="different recipe"):
+        run_recipe(short, tmp_path / "lengthened")  # shortening a stage is an edit
     edited = dataclasses.replace(recipe, stages=(dataclasses.replace(recipe.stages[0], lr=0.5), *recipe.stages[1:]))
     with pytest.raises(ValueError, match="different recipe"):
         run_recipe(edited, tmp_path / "extended")  # appending is allowed, editing a stage is not

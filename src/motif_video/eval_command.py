@@ -39,6 +39,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     cmd.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     cmd.add_argument("--guidance-scale", type=float, help="guidance strength (default: the model's)")
     cmd.add_argument("--shift", type=float, help="static sigma shift (default: the model's, per mode)")
+    cmd.add_argument(
+        "--noise-correlation", type=float, help="between latent frames of the starting noise (default: the model's)"
+    )
     cmd.add_argument("--seed", type=int, default=0, help="video i of a split uses seed + i (default 0)")
     cmd.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default 8)")
     cmd.add_argument("--height", type=int, help="pixels, multiple of 16 (default: the model's)")
@@ -71,6 +74,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance_scale=args.guidance_scale,
         shift=args.shift,
+        noise_correlation=args.noise_correlation,
         seed=args.seed,
         mode=args.mode,
         device=args.device,

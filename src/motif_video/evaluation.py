@@ -54,6 +54,7 @@ class EvalSettings:
     steps: int | None = None
     guidance_scale: float | None = None
     shift: float | None = None  # None: the release's (per mode)
+    noise_correlation: float | None = None  # None: the release's
     seed: int = 0  # video i of a split is generated from seed + i
     mode: str = "t2v"  # t2v | i2v | both
     device: str = "auto"
@@ -167,6 +168,9 @@ def run_eval(settings: EvalSettings, progress: bool = True, pipe: Any | None = N
             m: settings.shift if settings.shift is not None else d.shift_i2v if m == "i2v" else d.shift_t2v
             for m in settings.modes
         },
+        noise_correlation=(
+            settings.noise_correlation if settings.noise_correlation is not None else d.noise_correlation
+        ),
         **size,
     )
     report = EvalReport({**asdict(settings), **resolved}, [], {"load_s": round(time.perf_counter() - started, 3)})
@@ -243,6 +247,7 @@ def _generate(
         output_type="np",
     )
     kwargs["shift"] = resolved["shift"][mode]
+    kwargs["noise_correlation"] = resolved["noise_correlation"]
     if settings.negative_prompt is not None:
         kwargs["negative_prompt"] = settings.negative_prompt
 
@@ -295,6 +300,7 @@ def format_report(report: EvalReport) -> str:
         "",
         f"Model `{s['model']}`; {s['num_prompts']} prompts per split ({s['variant']} captions, prompt set "
         f"{s['prompt_seed']}), {s['steps']} steps, shift {_shift_text(s.get('shift'))}, "
+        f"noise correlation {s.get('noise_correlation', 0.0):g}, "
         f"guidance scale {s['guidance_scale']}, seed {s['seed']}, "
         f"{s['num_frames']}x{s['height']}x{s['width']}. {len(report.videos)} videos in {t.get('total_s', 0):.1f} s "
         f"({t.get('s_per_video', 0):.2f} s/video after a {t.get('load_s', 0):.1f} s load).",

@@ -48,7 +48,7 @@ class SmallModelPlan:
     anneal_steps: int = 5000  # stage 3: the same mix, no TREAD, lower lr, timesteps shifted towards noise
     anneal_lr: float = 3e-4
     anneal_shift: float = 2.0
-    prior_steps: int = 3000  # stage 4: videos only, no TREAD, frame-correlated noise (the release samples with it)
+    prior_steps: int = 8000  # stage 4: videos only, no TREAD, frame-correlated noise (the release samples with it)
     noise_correlation: float = 0.9
     video_batch: int = 16
     image_batch: int = 32

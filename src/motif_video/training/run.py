@@ -1,7 +1,8 @@
 """Run a `Recipe`: its stages in order, each a resumable `train()` call, with metrics and a final export.
 
 Layout of a run folder:
-    recipe.json                      the resolved recipe (a different one is an error; appending stages is not)
+    recipe.json                      the resolved recipe (a different one is an error; appending stages or
+                                     lengthening the last one is not; fields added since take their defaults)
     metrics.jsonl, tensorboard/      one row per log step, global step numbers (`metrics.py`)
     data/<stage>-<source>/           synthetic shards (only for `path = "synthetic"` sources)
     stages/NN-<name>/checkpoints/    that stage's checkpoints (`checkpoint.py`); complete at step == stage.steps
@@ -170,16 +171,16 @@ def _write_recipe(recipe: Recipe, run_dir: Path, rank: int, resume: bool) -> Non
     extends = False
     if path.is_file() and resume:
         saved = _current_form(json.loads(path.read_text()))
-        extends = _appends_stages(saved, payload)
+        extends = _extends(saved, payload)
         if saved != payload and not extends:
             changed = sorted(k for k in set(saved) | set(payload) if saved.get(k) != payload.get(k))
             raise ValueError(
                 f"{run_dir} holds a run of a different recipe (fields {changed} differ): resume with the same "
-                "recipe (more stages may be appended), or give a new --output folder"
+                "recipe (more stages may be appended, or the last one lengthened), or give a new --output folder"
             )
         if extends:
             added = len(payload["stages"]) - len(saved["stages"])
-            logger.info("the recipe appends %d stage(s) to the run in %s", added, run_dir)
+            logger.info("the recipe extends the run in %s (%d stage(s) appended)", run_dir, added)
     if (not path.is_file() or not resume or extends) and rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -197,11 +198,18 @@ def _current_form(saved: dict[str, Any]) -> dict[str, Any]:
         return saved  # not loadable as it is: compared raw, and reported as a different recipe
 
 
-def _appends_stages(saved: dict[str, Any], payload: dict[str, Any]) -> bool:
-    """True when `payload` is `saved` with more stages after the same ones (extending a finished curriculum)."""
+def _extends(saved: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """True when `payload` continues the run of `saved`: the same recipe with more stages appended and/or more steps
+    for its last stage (learning rates are constant after warmup, so either equals having planned it so)."""
     same = {k: v for k, v in saved.items() if k != "stages"} == {k: v for k, v in payload.items() if k != "stages"}
     old, new = saved.get("stages", []), payload.get("stages", [])
-    return same and len(new) > len(old) and new[: len(old)] == old
+    if not same or not old or len(new) < len(old) or new[: len(old) - 1] != old[:-1]:
+        return False
+    last, grown = old[-1], new[len(old) - 1]
+    if last == grown:
+        return len(new) > len(old)
+    rest = lambda stage: {k: v for k, v in stage.items() if k != "steps"}  # noqa: E731
+    return rest(last) == rest(grown) and grown.get("steps", 0) > last.get("steps", 0)
 
 
 def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device) -> tuple[TrainModule, Any]:
