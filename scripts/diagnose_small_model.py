@@ -20,19 +20,9 @@ from pathlib import Path
 import torch
 
 from motif_video import MotifVideoTransformer
-from motif_video.data.shard_reader import decode_sample, read_tar
+from motif_video.data.shard_reader import first_samples
 from motif_video.models.routing import random_route
 from motif_video.pipeline.schedule import to_model_timestep
-
-
-def load_clips(folder: Path, count: int) -> list:
-    clips = []
-    for shard in sorted(folder.glob("shard-*.tar")):
-        for key, meta, tensors in read_tar(shard):
-            clips.append(decode_sample(shard, 0, key, meta, tensors))
-            if len(clips) == count:
-                return clips
-    return clips
 
 
 @torch.no_grad()
@@ -54,7 +44,7 @@ def main() -> None:
     folder = Path(args.model)
     model = MotifVideoTransformer.from_pretrained(str(folder / "transformer" if (folder / "transformer").is_dir()
                                                       else folder)).eval()  # fmt: skip
-    clips = load_clips(Path(args.shards), args.clips)
+    clips = first_samples(args.shards, args.clips)
     if len(clips) < 2:
         raise SystemExit(f"need at least 2 clips in {args.shards}, found {len(clips)}")
     start, end, ratio = int(args.route[0]), int(args.route[1]), args.route[2]

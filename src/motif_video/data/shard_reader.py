@@ -171,6 +171,17 @@ def decode_sample(path: Path, shard: int, key: str, meta_bytes: bytes, tensor_by
     return Sample(key=key, shard=shard, meta=meta, tensors=tensors)
 
 
+def first_samples(folder: Path | str, count: int) -> list[Sample]:
+    """The first `count` samples of a data folder's complete shards, in shard order (for analysis scripts)."""
+    samples: list[Sample] = []
+    for index, shard in enumerate(resolve_shards(folder, rank=0)):
+        for key, meta, tensors in read_tar(shard):
+            samples.append(decode_sample(shard, index, key, meta, tensors))
+            if len(samples) == count:
+                return samples
+    return samples
+
+
 def resolve_shards(source: Path | str | Sequence[Path | str], rank: int) -> list[Path]:
     """A plan folder (this rank's plan), a data folder (its complete shards), or a list of tar / index paths."""
     if isinstance(source, (str, Path)):
