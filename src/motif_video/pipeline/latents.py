@@ -95,7 +95,6 @@ def initial_noise(
 ) -> torch.Tensor:
     """The sampler's starting latents (float32): `randn`, then, when correlation > 0, one more draw per video shared
     by its frames (`correlate_frames`). The shared draw comes second, so correlation 0 keeps a seed's noise."""
-    check_noise_correlation(correlation)
     noise = randn(shape, generator, device, torch.float32)
     if correlation == 0.0:
         return noise

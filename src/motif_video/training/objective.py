@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from motif_video.pipeline.latents import correlate_frames, shared_noise_shape
+from motif_video.pipeline.latents import initial_noise
 from motif_video.pipeline.schedule import shift_sigmas
 
 
@@ -76,15 +76,10 @@ def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[t
 
 
 def draw_noise(shape: tuple[int, ...], config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:
-    """eps for latents of `shape` (B, C, F, H, W) on the generator's device: independent, or frame-correlated.
-
-    The shared draw comes after the independent one and only when rho > 0 (a video), so rho = 0 consumes the
-    generator exactly as before."""
-    eps = torch.randn(shape, generator=generator, device=generator.device)
-    if config.noise_correlation > 0 and shape[2] > 1:
-        shared = torch.randn(shared_noise_shape(shape), generator=generator, device=generator.device)
-        eps = correlate_frames(eps, shared, config.noise_correlation)
-    return eps
+    """eps for latents of `shape` (B, C, F, H, W) on the generator's device, drawn as the sampler's starting noise
+    (`latents.initial_noise`): rho = 0 (or an image) consumes the generator exactly as before."""
+    correlation = config.noise_correlation if shape[2] > 1 else 0.0
+    return initial_noise(shape, generator, generator.device, correlation)
 
 
 def flow_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
