@@ -6,6 +6,7 @@ The tiny random release generates noise, so nothing here expects a high score fr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import runpy
 from pathlib import Path
@@ -57,11 +58,11 @@ class ClipPipeline:
         return type("Output", (), {"frames": np.stack(clips)})()
 
 
-def _truth(num: int, shift: int = 0) -> dict:
+def _truth(num: int, shift: int = 0, image: bool = False) -> dict:
     """prompt -> the scene of the prompt `shift` places further on in its split (0: its own scene)."""
     truth = {}
     for split in ("heldout", "train"):
-        items = eval_prompts(split, num)
+        items = eval_prompts(split, num, image=image)
         truth.update({p.prompt: items[(i + shift) % num].spec for i, p in enumerate(items)})
     return truth
 
@@ -100,6 +101,25 @@ def test_ground_truth_clips_score_100_percent_and_other_scenes_do_not():
     heldout = wrong.table("heldout", "t2v")
     assert heldout.overall < 0.8 and heldout.all_correct < heldout.videos
     assert len(heldout_failures(wrong, 0.9)) == 2  # both modes' held-out tables fail the gate
+
+
+def test_t2i_scores_still_images_of_image_captions(tmp_path):
+    settings = EvalSettings("unused", num_prompts=6, mode="t2i", batch_size=4, output=str(tmp_path))
+    fake = ClipPipeline(_truth(6, image=True))
+    report = run_eval(settings, progress=False, pipe=fake)
+    assert list(report.tables) == ["held-out T2I", "train T2I"]
+    assert all(t.overall == 1.0 and t.videos == 6 for t in report.tables.values())
+    heldout = [v for v in report.videos if v["split"] == "heldout"]
+    assert all(v["spec"]["image"] and v["key"].startswith("heldout-i") for v in heldout)
+    assert all(v["checks"].get("direction") is None for v in heldout)  # an image states no motion
+    assert (tmp_path / heldout[0]["path"]).suffix == ".png" and (tmp_path / heldout[0]["path"]).is_file()
+    assert "1x64x64. 12 images in" in format_report(report)
+    wrong = run_eval(dataclasses.replace(settings, output=None), progress=False,
+                     pipe=ClipPipeline(_truth(6, shift=1, image=True)))  # fmt: skip
+    assert heldout_failures(wrong, 0.9) == [
+        f"held-out T2I attribute accuracy {100 * wrong.table('heldout', 't2i').overall:.1f}% is below the required "
+        "90.0% (6 videos)"
+    ]
 
 
 def test_out_of_memory_falls_back_to_one_prompt_per_call():

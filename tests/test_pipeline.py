@@ -262,6 +262,21 @@ def test_bad_arguments_are_clear_errors(ours, kw, match):
         _run(ours, **args)
 
 
+def test_video_size_check_follows_the_model_patch():
+    from types import SimpleNamespace
+
+    from motif_video.pipeline.latents import check_video_size, model_patch
+
+    check_video_size(24, 40, 17, patch=1)  # VAE 8x and patch 1: multiples of 8
+    with pytest.raises(ValueError, match="multiple of 16"):
+        check_video_size(24, 40, 17)  # the official patch 2
+    check_video_size(32, 32, 17, patch=2, patch_t=5)  # 5 latent frames
+    with pytest.raises(ValueError, match=r"3 latent frames, not a multiple of the model's temporal patch 5 \(try 17"):
+        check_video_size(32, 32, 9, patch=2, patch_t=5)
+    assert model_patch(SimpleNamespace(config=SimpleNamespace(patch_size=1, patch_size_t=5))) == (1, 5)
+    assert model_patch(SimpleNamespace()) == (2, 1)
+
+
 def test_custom_schedules_and_samplers(ours):
     default = _run(ours, prompt=PROMPT, generator=_seed(), shift=15.0)
     sig = flow_sigmas(STEPS, 15.0)

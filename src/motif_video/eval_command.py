@@ -33,7 +33,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     cmd.add_argument("--model", help="release folder or hub id (default: the shipped small model)")
     cmd.add_argument("--split", choices=[*SPLITS, "both"], default="both", help="prompt set(s) (default both)")
     cmd.add_argument(
-        "--mode", choices=["t2v", "i2v", "both"], default="t2v", help="t2v, or i2v from the scene's first frame"
+        "--mode",
+        choices=["t2v", "i2v", "t2i", "both"],
+        default="t2v",
+        help="t2v; i2v from the scene's first frame; t2i still images (a spatial diagnostic); both = t2v and i2v",
     )
     cmd.add_argument("--num-prompts", type=int, default=48, help="prompts per split (default 48)")
     cmd.add_argument("--steps", type=int, help="denoising steps (default: the model's)")

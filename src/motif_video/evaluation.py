@@ -6,6 +6,8 @@ held-out attribute pair, "train": in-distribution scenes; procedural/dataset.py 
     t2v   prompt = the scene's caption
     i2v   prompt = the caption, image = the scene's rendered first frame; colour, shape, size and background are
           then given away by the image, so motion (direction, speed, consistency) is what i2v measures
+    t2i   still images from image captions (one latent frame): layout, colour, shape and size without time, a fast
+          diagnostic of the spatial half of t2v; not part of "both"
 
 Video i of a split is generated from `seed + i` (one generator per video, so a video does not depend on which
 batch it lands in) and scored against the spec its caption states (procedural/evaluate.py `score_video`).
@@ -40,7 +42,8 @@ from motif_video.procedural import (
 logger = logging.getLogger(__name__)
 
 SPLITS = ("heldout", "train")
-MODES = ("t2v", "i2v")
+MODES = ("t2v", "i2v")  # "both"
+ALL_MODES = (*MODES, "t2i")
 RESULTS_NAME, TABLE_NAME = "results.json", "table.md"
 
 
@@ -56,7 +59,7 @@ class EvalSettings:
     shift: float | None = None  # None: the release's (per mode)
     noise_correlation: float | None = None  # None: the release's
     seed: int = 0  # video i of a split is generated from seed + i
-    mode: str = "t2v"  # t2v | i2v | both
+    mode: str = "t2v"  # t2v | i2v | t2i | both (= t2v and i2v)
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 8  # prompts per pipeline call (drops to 1 after a CUDA out-of-memory error)
@@ -76,8 +79,8 @@ class EvalSettings:
         """Every check that needs no model; raises ValueError with what to change."""
         if not self.splits or len(set(self.splits)) != len(self.splits) or set(self.splits) - set(SPLITS):
             raise ValueError(f"splits must be distinct names from {SPLITS}, got {self.splits}")
-        if self.mode not in (*MODES, "both"):
-            raise ValueError(f"mode must be t2v, i2v or both, got {self.mode!r}")
+        if self.mode not in (*ALL_MODES, "both"):
+            raise ValueError(f"mode must be t2v, i2v, t2i or both, got {self.mode!r}")
         for name in ("num_prompts", "batch_size", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -181,7 +184,8 @@ def run_eval(settings: EvalSettings, progress: bool = True, pipe: Any | None = N
     with tqdm(total=total, desc="eval", unit="video", disable=not progress) as bar:
         for mode in settings.modes:
             for split in settings.splits:
-                items = eval_prompts(split, n, settings.prompt_seed, variant=settings.variant, **size)
+                items = eval_prompts(split, n, settings.prompt_seed, variant=settings.variant, image=mode == "t2i",
+                                     **size)  # fmt: skip
                 generate_s = score_s = 0.0
                 start = 0
                 while start < len(items):
@@ -204,7 +208,8 @@ def run_eval(settings: EvalSettings, progress: bool = True, pipe: Any | None = N
 
 
 def _score(item: EvalPrompt, video: np.ndarray, mode: str, seed: int, out: Path | None, fps: int) -> dict[str, Any]:
-    """video: (F, H, W, 3) float in [0, 1] -> the per-video result row; with `out`, also <out>/<mode>/<key>.mp4."""
+    """video: (F, H, W, 3) float in [0, 1] -> the per-video result row; with `out`, also <out>/<mode>/<key>.mp4
+    (.png for a still image)."""
     score = score_video(video, item.spec)
     row = dict(
         key=item.key,
@@ -221,7 +226,14 @@ def _score(item: EvalPrompt, video: np.ndarray, mode: str, seed: int, out: Path 
         from motif_video.video_io import export_video
 
         (out / mode).mkdir(parents=True, exist_ok=True)
-        row["path"] = export_video(video, out / mode / f"{item.key}.mp4", fps=fps).relative_to(out).as_posix()
+        if len(video) == 1:  # t2i: a still image
+            from PIL import Image
+
+            path = out / mode / f"{item.key}.png"
+            Image.fromarray((np.clip(video[0], 0, 1) * 255).round().astype(np.uint8)).save(path)
+        else:
+            path = export_video(video, out / mode / f"{item.key}.mp4", fps=fps)
+        row["path"] = path.relative_to(out).as_posix()
     return row
 
 
@@ -241,7 +253,7 @@ def _generate(
     kwargs: dict[str, Any] = dict(
         height=resolved["height"],
         width=resolved["width"],
-        num_frames=resolved["num_frames"],
+        num_frames=1 if mode == "t2i" else resolved["num_frames"],
         num_inference_steps=resolved["steps"],
         guidance_scale=resolved["guidance_scale"],
         output_type="np",
@@ -302,7 +314,8 @@ def format_report(report: EvalReport) -> str:
         f"{s['prompt_seed']}), {s['steps']} steps, shift {_shift_text(s.get('shift'))}, "
         f"noise correlation {s.get('noise_correlation', 0.0):g}, "
         f"guidance scale {s['guidance_scale']}, seed {s['seed']}, "
-        f"{s['num_frames']}x{s['height']}x{s['width']}. {len(report.videos)} videos in {t.get('total_s', 0):.1f} s "
+        f"{1 if s['mode'] == 't2i' else s['num_frames']}x{s['height']}x{s['width']}. {len(report.videos)} "
+        f"{'images' if s['mode'] == 't2i' else 'videos'} in {t.get('total_s', 0):.1f} s "
         f"({t.get('s_per_video', 0):.2f} s/video after a {t.get('load_s', 0):.1f} s load).",
     ]
     return "\n".join(lines)

@@ -17,9 +17,10 @@ VAE_TEMPORAL = 4
 PATCH = 2
 
 
-def check_video_size(height: int, width: int, num_frames: int) -> None:
-    """The model needs H, W multiples of 16 (VAE 8 x patch 2) and F = 4k + 1 (VAE 4x in time)."""
-    step = VAE_SPATIAL * PATCH
+def check_video_size(height: int, width: int, num_frames: int, patch: int = PATCH, patch_t: int = 1) -> None:
+    """The model needs H, W multiples of 8 * `patch` (VAE 8x, the transformer's spatial patch: 16 for the official
+    model) and F = 4k + 1 (VAE 4x in time) whose k + 1 latent frames are a multiple of `patch_t`."""
+    step = VAE_SPATIAL * patch
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value < step or value % step:
             lower = max(step, value // step * step) if isinstance(value, int) else step
@@ -30,6 +31,20 @@ def check_video_size(height: int, width: int, num_frames: int) -> None:
         raise ValueError(
             f"num_frames must be of the form 4k+1 (1, 5, 9, ..., 121), got {num_frames} (try {lower} or {lower + 4})"
         )
+    latent_frames = (num_frames - 1) // VAE_TEMPORAL + 1
+    if latent_frames % patch_t:
+        lower = max(patch_t, latent_frames // patch_t * patch_t)
+        hint = f"try {(lower - 1) * VAE_TEMPORAL + 1} or {(lower + patch_t - 1) * VAE_TEMPORAL + 1}"
+        raise ValueError(
+            f"num_frames {num_frames} gives {latent_frames} latent frames, not a multiple of the model's temporal "
+            f"patch {patch_t} ({hint})"
+        )
+
+
+def model_patch(transformer: Any) -> tuple[int, int]:
+    """(spatial, temporal) patch of a transformer (ours or diffusers'), for `check_video_size`."""
+    config = getattr(transformer, "config", None)
+    return int(getattr(config, "patch_size", PATCH)), int(getattr(config, "patch_size_t", 1))
 
 
 def latent_shape(batch: int, channels: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:

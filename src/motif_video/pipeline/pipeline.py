@@ -343,7 +343,7 @@ class MotifVideoPipeline:
         num_frames = num_frames or self.defaults.num_frames
         if num_inference_steps is None and sigmas is None and timesteps is None:
             num_inference_steps = self.defaults.num_inference_steps
-        latent_ops.check_video_size(height, width, num_frames)
+        latent_ops.check_video_size(height, width, num_frames, *latent_ops.model_patch(self.transformer))
         if noise_correlation is None:
             noise_correlation = self.defaults.noise_correlation
         latent_ops.check_noise_correlation(noise_correlation)

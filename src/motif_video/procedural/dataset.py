@@ -149,24 +149,28 @@ def eval_prompts(
     num_frames: int = 17,
     height: int = 64,
     width: int = 64,
+    image: bool = False,
 ) -> list[EvalPrompt]:
     """A fixed prompt set (a pure function of the arguments) for generating videos to score.
 
     "heldout": prompt i contains held-out pair i mod 7 (the 3 colour-shape and 4 colour-direction pairs in turn),
     so every pair is tested equally often. "train": scenes of the training distribution (no held-out pair), an
-    in-distribution baseline. Phrasings cycle through all NUM_PHRASINGS. Prompts are videos.
+    in-distribution baseline. Phrasings cycle through all NUM_PHRASINGS. Prompts are videos; with `image`, still
+    images (num_frames is then ignored; held-out prompts cycle through the 3 colour-shape pairs, the only ones an
+    image can show) under their own keys "<split>-i000" and rng stream.
     """
     if split not in ("heldout", "train"):
         raise ValueError(f"split must be 'heldout' or 'train', got {split!r}")
-    rng = np.random.default_rng([seed, 0 if split == "heldout" else 1])
-    targets = sorted(HELDOUT_COLOR_SHAPE) + sorted(HELDOUT_COLOR_DIRECTION)
+    rng = np.random.default_rng([seed, 0 if split == "heldout" else 1] + ([2] if image else []))
+    targets = sorted(HELDOUT_COLOR_SHAPE) + ([] if image else sorted(HELDOUT_COLOR_DIRECTION))
+    frames, kind = (1, "i") if image else (num_frames, "p")
     prompts = []
     for index in range(num):
         target = targets[index % len(targets)]
         where = (lambda s, pair=target: pair in heldout_pairs(s)) if split == "heldout" else None
-        spec = sample_scene(rng, split=split, num_frames=num_frames, height=height, width=width, where=where)
+        spec = sample_scene(rng, split=split, image=image, num_frames=frames, height=height, width=width, where=where)
         text = caption(spec, variant, index % NUM_PHRASINGS)
-        prompts.append(EvalPrompt(f"{split}-p{index:03d}", text, spec, split))
+        prompts.append(EvalPrompt(f"{split}-{kind}{index:03d}", text, spec, split))
     return prompts
 
 
