@@ -8,21 +8,10 @@ import torch
 from motif_video.small_model.reproduce import SmallModelPlan, reproduce, sampling_correlation, small_recipe
 
 
-def test_reproduce_end_to_end_and_resume(tmp_path):
-    plan = SmallModelPlan(
-        num_videos=6,
-        num_images=4,
-        vae_steps=2,
-        image_steps=2,
-        joint_steps=3,
-        anneal_steps=2,
-        prior_steps=2,
-        video_batch=2,
-        image_batch=2,
-    )
-    ship = reproduce(tmp_path / "work", plan, ship_to=tmp_path / "ship")
+def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
+    work, ship, plan = toy_reproduction
     assert (ship / "model_index.json").is_file() and (ship / "transformer" / "config.json").is_file()
-    rows = (tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()
+    rows = (work / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4  # the last step of each stage is always logged
 
     from motif_video import MotifVideoPipeline
@@ -38,9 +27,9 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     frames = np.asarray(out.frames[0])
     assert frames.shape == (17, 64, 64, 3) and np.isfinite(frames).all()
 
-    again = reproduce(tmp_path / "work", plan)  # everything done: nothing is redone
-    assert again == tmp_path / "work" / "release"
-    assert len((tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()) == 4
+    again = reproduce(work, plan)  # everything done: nothing is redone
+    assert again == work / "release"
+    assert len((work / "run" / "metrics.jsonl").read_text().splitlines()) == 4
     assert small_recipe(tmp_path, plan).stages[1].interleave == ("image", "video", "video")
     assert pipe.defaults.noise_correlation == plan.noise_correlation > 0  # the release samples as the prior stage
     assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9]
