@@ -1,4 +1,5 @@
-"""scripts/ablate_small_model.py: variants train from scratch on a reproduction's image shards and get a T2I score."""
+"""The small-model study scripts: ablate_small_model.py (T2I ablations through the real trainer) and
+text_sensitivity.py (which caption words a model reads)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,20 @@ def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, 
     with pytest.raises(SystemExit):
         script["main"](["--work", str(tmp_path / "nowhere")])
     assert "not a reproduction folder" in capsys.readouterr().err
+
+
+def test_text_sensitivity_swaps_each_attribute_word(toy_reproduction, capsys):
+    probe = runpy.run_path(str(SCRIPT.with_name("text_sensitivity.py")))
+    ship = toy_reproduction[1]
+    assert probe["main"](["--model", str(ship), "--t", "0.9", "0.3", "--samples", "2"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("prompt (vs none)", "colour (red -> blue)", "direction (left -> right)", "speed (slowly -> quickly)"):
+        assert f"| {row} |" in printed
+    from motif_video import MotifVideoPipeline
+
+    pipe = MotifVideoPipeline.from_pretrained(str(ship))
+    table = probe["sensitivity"](pipe, probe["IMAGE"], 1, (0.5,), samples=2)
+    assert set(table) == {"prompt", "colour", "shape", "size", "background"}  # an image caption states no motion
+    assert table["prompt"][0.5] > 0 and all(v[0.5] >= 0 for v in table.values())
+    same = probe["sensitivity"](pipe, "A large red square.", 1, (0.5,), samples=2)
+    assert set(same) == {"prompt", "colour", "shape", "size"}
