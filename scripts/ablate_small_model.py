@@ -14,7 +14,8 @@ logit-normal t, prompt dropout 0.1, EMA 0.999, warmup 100, seed 0); every other 
 (`ModelSource.overrides`), its value a Python literal. Each variant writes `<out>/<name>/` (run/, transformer/,
 release/, eval/) and resumes there, so a finished variant is only re-scored. The table printed at the end (also
 `<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of steps, and the T2I attributes correct
-(`motif-video eval --mode t2i`, release sampling defaults) on held-out and train prompts.
+(`motif-video eval --mode t2i`, the release's sampling defaults unless `--guidance-scale`) on held-out and train
+prompts. Strong guidance (the release's APG 8) lowers the scores of undertrained variants; compare at one setting.
 """
 
 from __future__ import annotations
@@ -94,22 +95,25 @@ def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: 
         export_transformer(final_checkpoint(recipe, run), folder / "transformer", use_ema=True)
         finish_release(release, folder / "transformer")
     settings = EvalSettings(str(release), mode="t2i", num_prompts=args.num_prompts, device=args.device,
-                            output=str(folder / "eval"))  # fmt: skip
+                            guidance_scale=args.guidance_scale, output=str(folder / "eval"))  # fmt: skip
     report = run_eval(settings, progress=False)
     steps = recipe.stages[0].steps
     return dict(name=name, values=values, steps=steps, loss=tail_loss(run / "metrics.jsonl", steps),
                 heldout=report.table("heldout", "t2i").overall, train=report.table("train", "t2i").overall)  # fmt: skip
 
 
-def format_rows(rows: list[dict]) -> str:
+def format_rows(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         "| variant | changes | steps | flow loss (last 10%) | held-out T2I | train T2I |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        changes = "; ".join(f"{k}={v}" for k, v in r["values"].items()) or "(small recipe)"
+        changes = "; ".join(f"{k}={v}" for k, v in r["values"].items()) or "none"
         lines.append(f"| {r['name']} | {changes} | {r['steps']} | {r['loss']:.4f} | {100 * r['heldout']:.1f}% | "
                      f"{100 * r['train']:.1f}% |")  # fmt: skip
+    guidance = "the release's guidance" if args.guidance_scale is None else f"guidance scale {args.guidance_scale:g}"
+    lines += ["", f"Unless a variant says otherwise: {args.steps} steps, batch {args.batch}, lr {args.lr:g}, seed 0; "
+                  f"{args.num_prompts} T2I prompts per split, {guidance}."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--num-prompts", type=int, default=48, help="T2I prompts per split")
+    parser.add_argument("--guidance-scale", type=float, help="sampling guidance (default: the release's, APG 8)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                      "run scripts/train_small_model.py first")  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rows = [run_variant(work, out, name, values, args) for name, values in variants]
-    table = format_rows(rows)
+    table = format_rows(rows, args)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text(table + "\n")
     print(table)
