@@ -42,7 +42,7 @@ from motif_video.procedural import (
 logger = logging.getLogger(__name__)
 
 SPLITS = ("heldout", "train")
-MODES = ("t2v", "i2v")  # "both"
+MODES = ("t2v", "i2v")  # what mode "both" runs
 ALL_MODES = (*MODES, "t2i")
 RESULTS_NAME, TABLE_NAME = "results.json", "table.md"
 
