@@ -57,6 +57,24 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, values
 
 
+def check_variant(name: str, values: dict[str, Any]) -> None:
+    """Unknown keys and invalid configs are a ValueError before anything trains."""
+    import dataclasses
+
+    from motif_video.models.config import MotifVideoConfig, get_preset
+
+    fields = {f.name for f in dataclasses.fields(MotifVideoConfig)}
+    unknown = sorted(set(values) - fields - set(STAGE_KEYS))
+    if unknown:
+        raise ValueError(f"variant {name!r}: unknown key(s) {unknown}; use {', '.join(STAGE_KEYS)} or a "
+                         "MotifVideoConfig field (patch_size, rope_theta, attention_head_dim, ...)")  # fmt: skip
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k not in STAGE_KEYS}
+    try:
+        dataclasses.replace(get_preset("motif-video-small"), **overrides)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"variant {name!r}: {error}") from None
+
+
 def variant_recipe(shards: Path, values: dict[str, Any], steps: int, batch: int, lr: float) -> Recipe:
     overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k not in STAGE_KEYS}
     images = Source(str(shards), batch_size=int(values.get("batch", batch)), shuffle_window=2048)
@@ -89,11 +107,12 @@ def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: 
     with MetricsWriter(run, resume_step=start, tensorboard=False) as writer:
         run_recipe(recipe, run, on_log=writer.log, device=args.device)
     release = folder / "release"
-    if not (release / "transformer").is_dir():
+    if not (release / "model_index.json").is_file():
         shutil.rmtree(release, ignore_errors=True)
         shutil.copytree(work / "release", release, ignore=shutil.ignore_patterns("transformer"))
-        export_transformer(final_checkpoint(recipe, run), folder / "transformer", use_ema=True)
-        finish_release(release, folder / "transformer")
+    # always re-exported (a few MB): a variant rerun with more --steps lengthens its run
+    export_transformer(final_checkpoint(recipe, run), folder / "transformer", use_ema=True)
+    finish_release(release, folder / "transformer")
     settings = EvalSettings(str(release), mode="t2i", num_prompts=args.num_prompts, device=args.device,
                             guidance_scale=args.guidance_scale, output=str(folder / "eval"))  # fmt: skip
     report = run_eval(settings, progress=False)
@@ -132,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.work), Path(args.out)
     try:
         variants = [parse_variant(v) for v in (args.variant or ["base"])]
+        for name, values in variants:
+            check_variant(name, values)
     except ValueError as error:
         parser.error(str(error))
     if len({name for name, _ in variants}) != len(variants):

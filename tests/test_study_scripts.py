@@ -54,6 +54,11 @@ def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, 
     with pytest.raises(SystemExit):
         script["main"](["--work", str(tmp_path / "nowhere")])
     assert "not a reproduction folder" in capsys.readouterr().err
+    bad_variants = (("x:patchsize=1", "unknown key(s) ['patchsize']"), ("x:attention_head_dim=64", "rope_axes_dim"))
+    for bad, message in bad_variants:
+        with pytest.raises(SystemExit):
+            script["main"](["--work", str(work), "--variant", bad])
+        assert message in capsys.readouterr().err  # before anything trains
 
 
 def test_text_sensitivity_swaps_each_attribute_word(toy_reproduction, capsys):
