@@ -112,7 +112,14 @@ def test_t2i_scores_still_images_of_image_captions(tmp_path):
     heldout = [v for v in report.videos if v["split"] == "heldout"]
     assert all(v["spec"]["image"] and v["key"].startswith("heldout-i") for v in heldout)
     assert all(v["checks"].get("direction") is None for v in heldout)  # an image states no motion
-    assert (tmp_path / heldout[0]["path"]).suffix == ".png" and (tmp_path / heldout[0]["path"]).is_file()
+    png = tmp_path / heldout[0]["path"]
+    assert png.suffix == ".png" and not list(png.parent.glob(".*.tmp"))  # written atomically
+    from PIL import Image
+
+    from motif_video.procedural.scene import SceneSpec
+
+    rendered = render(SceneSpec.from_dict(heldout[0]["spec"]), 1, 64, 64)[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(png).convert("RGB")), rendered)  # the image as generated
     assert "1x64x64. 12 images in" in format_report(report)
     wrong = run_eval(dataclasses.replace(settings, output=None), progress=False,
                      pipe=ClipPipeline(_truth(6, shift=1, image=True)))  # fmt: skip

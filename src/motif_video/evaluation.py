@@ -223,14 +223,15 @@ def _score(item: EvalPrompt, video: np.ndarray, mode: str, seed: int, out: Path 
         details=score.details,
     )
     if out is not None:
-        from motif_video.video_io import export_video
+        from motif_video.video_io import atomic_output, export_video, frames_to_uint8
 
         (out / mode).mkdir(parents=True, exist_ok=True)
         if len(video) == 1:  # t2i: a still image
             from PIL import Image
 
             path = out / mode / f"{item.key}.png"
-            Image.fromarray((np.clip(video[0], 0, 1) * 255).round().astype(np.uint8)).save(path)
+            with atomic_output(path) as tmp:
+                Image.fromarray(frames_to_uint8(video)[0]).save(tmp, format="PNG")
         else:
             path = export_video(video, out / mode / f"{item.key}.mp4", fps=fps)
         row["path"] = path.relative_to(out).as_posix()
