@@ -32,6 +32,7 @@ SWAPS = {
 def sensitivity(pipe, caption: str, frames: int, ts: tuple[float, ...], samples: int = 8, seed: int = 0) -> dict:
     """{row: {t: RMS velocity difference}}; rows = "prompt" and every SWAPS attribute whose word is in `caption`."""
     from motif_video.pipeline.conditioning import encode_text
+    from motif_video.pipeline.schedule import to_model_timestep
 
     rows = {name: caption.replace(a, b) for name, (a, b) in SWAPS.items() if f" {a} " in f" {caption[:-1]} "}
     device, dtype = pipe.device, pipe.transformer.dtype
@@ -44,7 +45,7 @@ def sensitivity(pipe, caption: str, frames: int, ts: tuple[float, ...], samples:
     table: dict[str, dict[float, float]] = {"prompt": {}, **{name: {} for name in rows}}
     for t in ts:
         x = torch.cat([(1 - t) * x0 + t * noise, extra], 1).to(device, dtype)
-        step = torch.full((samples,), t * 1000, device=device)
+        step = torch.full((samples,), to_model_timestep(t), device=device)
 
         def velocity(i: int, use_text: bool = True, x: torch.Tensor = x, step: torch.Tensor = step) -> torch.Tensor:
             keep = mask[i : i + 1] if use_text else torch.zeros_like(mask[i : i + 1])
