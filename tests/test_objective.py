@@ -8,6 +8,7 @@ import torch
 from motif_video.training.objective import (
     ObjectiveConfig,
     condition_channels,
+    difference_loss,
     draw_i2v,
     draw_noise,
     drop_prompts,
@@ -100,3 +101,24 @@ def test_frame_correlated_noise():
     torch.testing.assert_close(draw_noise(image, config, _g(2)), torch.randn(image, generator=_g(2)))
     with pytest.raises(ValueError, match="noise_correlation"):
         ObjectiveConfig(noise_correlation=1.5)
+
+
+def test_difference_loss():
+    """lambda_t mean((D_t e)^2) + lambda_s (mean((D_h e)^2) + mean((D_w e)^2)) / 2 of e = prediction - target: zero for
+    an error that is the same in every frame and pixel (it sees only structure), 0 over an image's single frame,
+    and off (exactly 0) at weight 0; negative weights are refused."""
+    target = torch.randn(2, 3, 4, 5, 6, generator=_g(3))
+    prediction = torch.randn(2, 3, 4, 5, 6, generator=_g(4))
+    e = prediction - target
+    want_t = ((e[:, :, 1:] - e[:, :, :-1]) ** 2).mean()
+    want_s = (((e[..., 1:, :] - e[..., :-1, :]) ** 2).mean() + ((e[..., 1:] - e[..., :-1]) ** 2).mean()) / 2
+    torch.testing.assert_close(difference_loss(prediction, target, 2.0, 0.0), 2.0 * want_t)
+    torch.testing.assert_close(difference_loss(prediction, target, 0.0, 3.0), 3.0 * want_s)
+    torch.testing.assert_close(difference_loss(prediction, target, 2.0, 3.0), 2.0 * want_t + 3.0 * want_s)
+    assert float(difference_loss(prediction, target, 0.0, 0.0)) == 0.0
+    assert float(difference_loss(target + 0.7, target, 1.0, 1.0)) < 1e-10  # a constant offset has no differences
+    image_e = e[:, :, :1]
+    assert float(difference_loss(target[:, :, :1] + image_e, target[:, :, :1], 5.0, 0.0)) == 0.0
+    for name in ("temporal_difference_weight", "spatial_difference_weight"):
+        with pytest.raises(ValueError, match=name):
+            ObjectiveConfig(**{name: -1.0})

@@ -115,6 +115,24 @@ def test_loss_falls_on_a_tiny_set(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000040"
 
 
+def test_difference_loss_is_added_and_logged():
+    """With the difference loss on, the step's loss is the flow loss plus it (same draws: the flow part is the
+    plain step's loss), and both parts are reported."""
+    data = SyntheticBatches(num_samples=4)
+    batch = dict(latents=data.latents, first_frame=data.first, text=data.text, text_mask=data.mask)
+    null = (torch.zeros(1, TEXT_DIM), torch.ones(1, dtype=torch.bool))
+    model, cpu = _model(), torch.device("cpu")
+    plain = TrainConfig(steps=1, objective=ObjectiveConfig(i2v_ratio=0.5))
+    diff = TrainConfig(steps=1, objective=ObjectiveConfig(i2v_ratio=0.5, temporal_difference_weight=2.0,
+                                                          spatial_difference_weight=0.5))  # fmt: skip
+    with torch.no_grad():
+        base, base_parts, _ = training_step(model, batch, plain, torch.Generator().manual_seed(3), null, cpu)
+        loss, parts, _ = training_step(model, batch, diff, torch.Generator().manual_seed(3), null, cpu)
+    assert "difference_loss" not in base_parts and float(parts["difference_loss"]) > 0
+    torch.testing.assert_close(parts["flow_loss"], base)
+    torch.testing.assert_close(loss, parts["flow_loss"] + parts["difference_loss"])
+
+
 def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch):
     full = _model()
     train(CONFIG, full, SyntheticBatches(), tmp_path / "full")

@@ -36,6 +36,7 @@ _DISPLAY: dict[str, tuple[str, Callable[[float], str]]] = {
     "loss": ("loss", "{:.4f}".format),
     "flow_loss": ("flow", "{:.4f}".format),
     "repa_loss": ("repa", "{:.4f}".format),
+    "difference_loss": ("diff", "{:.4f}".format),
     "grad_norm": ("grad", "{:.2f}".format),
     "lr": ("lr", "{:.1e}".format),
     "tokens_per_s": ("tok/s", "{:,.0f}".format),

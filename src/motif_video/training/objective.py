@@ -21,6 +21,14 @@ Frame-correlated noise (off by default; the official model uses independent nois
 latent frames (PYoCo's mixed noise prior, Ge et al. arXiv 2305.10474). A model that has not yet learned to carry
 objects across frames then starts every frame from much the same layout; sampling must use the same rho (the
 release stores it as a generation default).
+
+Difference loss (off by default) -- OUR CHOICE for small models: lambda_t * mean((D_t e)^2) + lambda_s * mean((D_s e)^2)
+on top of the flow loss, where e = prediction - target, D_t is the difference between neighbouring latent frames
+and D_s between neighbouring latent pixels (rows and columns, averaged). Any fixed positive-definite quadratic form
+of e has the same minimiser E[v | x_t, c] as the plain MSE, so, unlike a data-dependent weight, it does not bias
+the model; it only re-weights WHICH errors the gradient sees: temporal differences carry motion (under
+frame-correlated noise the target's own frame differences are almost noise-free), spatial differences carry edges
+(shape). A small model otherwise learns those last: they move few latent values.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ class ObjectiveConfig:
     blur_max: float = 1.0  # latent pixels of blur at t = 1 (0 = off)
     blur_power: float = 1.0
     noise_correlation: float = 0.0  # between latent frames of eps (PYoCo mixed noise); 0 = independent, as official
+    temporal_difference_weight: float = 0.0  # lambda_t of the difference loss (0 = off, as official)
+    spatial_difference_weight: float = 0.0  # lambda_s of the difference loss (0 = off, as official)
 
     def __post_init__(self) -> None:
         if self.timestep_sampling not in ("logit_normal", "uniform"):
@@ -55,6 +65,9 @@ class ObjectiveConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.shift <= 0 or self.logit_std <= 0 or self.blur_max < 0:
             raise ValueError("shift and logit_std must be positive, blur_max non-negative")
+        for name in ("temporal_difference_weight", "spatial_difference_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
 
 
 def sample_timesteps(batch: int, config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:
@@ -85,6 +98,20 @@ def draw_noise(shape: tuple[int, ...], config: ObjectiveConfig, generator: torch
 def flow_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error in float32 (rectified flow, Liu et al. arXiv 2209.03003)."""
     return F.mse_loss(prediction.float(), target.float())
+
+
+def difference_loss(prediction: torch.Tensor, target: torch.Tensor, temporal: float, spatial: float) -> torch.Tensor:
+    """lambda_t * mean((D_t e)^2) + lambda_s * (mean((D_h e)^2) + mean((D_w e)^2)) / 2 in float32, e = prediction -
+    target on (B, C, F, H, W) latents. An axis of length 1 (an image's frames) contributes 0."""
+    e = prediction.float() - target.float()
+    loss = e.new_zeros(())
+    if temporal and e.shape[2] > 1:
+        loss = loss + temporal * e.diff(dim=2).square().mean()
+    if spatial:
+        rows = e.diff(dim=3).square().mean() if e.shape[3] > 1 else loss.new_zeros(())
+        cols = e.diff(dim=4).square().mean() if e.shape[4] > 1 else loss.new_zeros(())
+        loss = loss + spatial * (rows + cols) / 2
+    return loss
 
 
 def gaussian_blur_latent(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from motif_video.training.checkpoint import init_optimizer_state, latest_checkpo
 from motif_video.training.objective import (
     ObjectiveConfig,
     condition_channels,
+    difference_loss,
     draw_i2v,
     draw_noise,
     drop_prompts,
@@ -281,7 +282,7 @@ def training_step(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
     """One forward: draws (t, eps, I2V, dropout, route) from `generator` in a fixed order.
 
-    Returns (total loss, its parts as tensors {flow_loss, repa_loss}, plain counts for the metrics)."""
+    Returns (total loss, its parts as tensors {flow_loss, difference_loss, repa_loss}, plain counts for the metrics)."""
     obj = config.objective
     if not isinstance(batch, dict):  # a data.shard_reader.Batch
         names = ("latents", "text", "text_mask", "first_frame", "image_tokens", "image_tokens_mask", "teacher")
@@ -331,6 +332,10 @@ def training_step(
     sample, features = result if isinstance(result, tuple) else (result.sample, None)
     loss = flow_loss(sample, target)
     parts = {"flow_loss": loss.detach()}
+    if obj.temporal_difference_weight or obj.spatial_difference_weight:
+        aux = difference_loss(sample, target, obj.temporal_difference_weight, obj.spatial_difference_weight)
+        parts["difference_loss"] = aux.detach()
+        loss = loss + aux
     if repa_on:
         targets = batch.get("teacher") if repa.feature_source == "shards" else teacher(x0)
         if targets is None:
