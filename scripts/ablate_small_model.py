@@ -1,21 +1,32 @@
-"""Ablate the small model on still images: train each variant from scratch with the real trainer, score its T2I.
+"""Ablate the small model with the real trainer: T2I from scratch on still images, or T2V fine-tunes of the release.
 
     python scripts/ablate_small_model.py --work runs/small --out runs/ablate --steps 2000 \\
         --variant base --variant "lr3:lr=3e-3" --variant "theta10:rope_theta=10;lr=3e-3" \\
         --variant "p1:patch_size=1;lr=3e-3" --variant "w256:attention_head_dim=64;rope_axes_dim=(16,24,24)"
 
-Still images are the cheap, spatial half of the task (16 tokens at patch 2 against 80 for a clip; the same colour,
-shape, size and layout attributes), so a recipe or config change that cannot make better images will not make better
-videos. `--work` is a reproduction folder (`scripts/train_small_model.py`): its image shards are the data and its
-release gives the frozen text encoder, VAE and scheduler.
+    python scripts/ablate_small_model.py --work runs/small --out runs/finetune --from-release --steps 1500 \\
+        --variant base --variant "diff:temporal_difference_weight=2.0;spatial_difference_weight=1.0"
 
-A variant is `name[:key=value;key=value...]`. `lr`, `batch` and `steps` set the one images-only stage (no TREAD,
-logit-normal t, prompt dropout 0.1, EMA 0.999, warmup 100, seed 0); every other key is a `MotifVideoConfig` field
-(`ModelSource.overrides`), its value a Python literal. Each variant writes `<out>/<name>/` (run/, transformer/,
+`--work` is a reproduction folder (`scripts/train_small_model.py`): its shards are the data and its release gives
+the frozen text encoder, VAE and scheduler (and, with `--from-release`, the starting transformer).
+
+- Default: every variant trains from scratch on the image shards (one images-only stage: no TREAD, logit-normal t,
+  prompt dropout 0.1, warmup 100) and is scored on T2I (`motif-video eval --mode t2i`). Still images are the
+  cheap, spatial half of the task (16 tokens at patch 2 against 80 for a clip; the same colour, shape, size and
+  layout attributes), so a config change that cannot make better images will not make better videos.
+- `--from-release`: every variant continues the release's transformer on the video shards with the objective of
+  the reproduction's last stage (`small_recipe`: joint T2V / I2V, frame-correlated noise, no TREAD, warmup 50),
+  and is scored on T2V. Words a model learns late (shape, direction, speed) only show after the early ones
+  (background, colour, size), which a short run from scratch never reaches.
+
+A variant is `name[:key=value;key=value...]`, each value a Python literal. `lr`, `batch` and `steps` set the
+stage; an `ObjectiveConfig` field (noise_correlation, temporal_difference_weight, shift, ...) changes the objective;
+any other key is a `MotifVideoConfig` field (`ModelSource.overrides`; not with `--from-release`, which keeps the
+release's architecture). All variants use seed 0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/,
 release/, eval/) and resumes there, so a finished variant is only re-scored. The table printed at the end (also
-`<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of steps, and the T2I attributes correct
-(`motif-video eval --mode t2i`, the release's sampling defaults unless `--guidance-scale`) on held-out and train
-prompts. Strong guidance (the release's APG 8) lowers the scores of undertrained variants; compare at one setting.
+`<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of steps, and the attributes correct on
+held-out and train prompts (the release's sampling defaults unless `--guidance-scale`). Strong guidance (the
+release's APG 8) lowers the scores of undertrained variants; compare at one setting.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from typing import Any
 
 from motif_video.evaluation import EvalSettings, run_eval
 from motif_video.small_model.components import finish_release
+from motif_video.small_model.reproduce import SmallModelPlan, small_recipe
 from motif_video.training.export import export_transformer
 from motif_video.training.metrics import MetricsWriter
 from motif_video.training.objective import ObjectiveConfig
@@ -57,31 +69,62 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, values
 
 
-def check_variant(name: str, values: dict[str, Any]) -> None:
-    """Unknown keys and invalid configs are a ValueError before anything trains."""
+def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A variant's (objective overrides, model overrides); lists become tuples (config fields are tuples)."""
+    import dataclasses
+
+    objective_fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k not in STAGE_KEYS}
+    objective = {k: v for k, v in values.items() if k in objective_fields}
+    return objective, {k: v for k, v in values.items() if k not in objective}
+
+
+def check_variant(name: str, values: dict[str, Any], from_release: bool = False) -> None:
+    """Unknown keys, architecture changes of a fine-tune and invalid configs are a ValueError before training."""
     import dataclasses
 
     from motif_video.models.config import MotifVideoConfig, get_preset
 
-    fields = {f.name for f in dataclasses.fields(MotifVideoConfig)}
-    unknown = sorted(set(values) - fields - set(STAGE_KEYS))
+    objective, model = _split(values)
+    unknown = sorted(set(model) - {f.name for f in dataclasses.fields(MotifVideoConfig)})
     if unknown:
-        raise ValueError(f"variant {name!r}: unknown key(s) {unknown}; use {', '.join(STAGE_KEYS)} or a "
-                         "MotifVideoConfig field (patch_size, rope_theta, attention_head_dim, ...)")  # fmt: skip
-    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k not in STAGE_KEYS}
+        raise ValueError(f"variant {name!r}: unknown key(s) {unknown}; use {', '.join(STAGE_KEYS)}, an ObjectiveConfig "
+                         "field (temporal_difference_weight, noise_correlation, ...) or a MotifVideoConfig field "
+                         "(patch_size, rope_theta, attention_head_dim, ...)")  # fmt: skip
+    if from_release and model:
+        raise ValueError(f"variant {name!r}: {sorted(model)} change the architecture; a --from-release fine-tune "
+                         "keeps the release's transformer (drop --from-release to train from scratch)")  # fmt: skip
     try:
-        dataclasses.replace(get_preset("motif-video-small"), **overrides)
+        dataclasses.replace(ObjectiveConfig(), **objective)
+        dataclasses.replace(get_preset("motif-video-small"), **model)
     except (TypeError, ValueError) as error:
         raise ValueError(f"variant {name!r}: {error}") from None
 
 
-def variant_recipe(shards: Path, values: dict[str, Any], steps: int, batch: int, lr: float) -> Recipe:
-    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k not in STAGE_KEYS}
-    images = Source(str(shards), batch_size=int(values.get("batch", batch)), shuffle_window=2048)
-    stage = Stage("images", int(values.get("steps", steps)), {"image": images}, lr=float(values.get("lr", lr)),
-                  warmup_steps=100, route=None, objective=ObjectiveConfig(prompt_dropout=0.1))  # fmt: skip
+def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | None, lr: float | None,
+                   from_release: bool = False) -> Recipe:  # fmt: skip
+    """The one-stage recipe of a variant; batch / lr None: the mode's default (images 32 / 1e-3; a fine-tune the
+    reproduction's video batch and last-stage lr)."""
+    import dataclasses
+
+    objective, model = _split(values)
+    steps = int(values.get("steps", steps))
+    if from_release:
+        plan = SmallModelPlan()
+        last = small_recipe(work, plan).stages[-1]
+        videos = Source(str(work / "shards" / "videos"), batch_size=int(values.get("batch", batch or plan.video_batch)),
+                        shuffle_window=2048)  # fmt: skip
+        stage = Stage("videos", steps, {"video": videos}, lr=float(values.get("lr", lr or last.lr)), warmup_steps=50,
+                      route=None, objective=dataclasses.replace(last.objective, **objective))  # fmt: skip
+        source = ModelSource(pretrained=str(work / "release"))
+    else:
+        images = Source(str(work / "shards" / "images"), batch_size=int(values.get("batch", batch or 32)),
+                        shuffle_window=2048)  # fmt: skip
+        stage = Stage("images", steps, {"image": images}, lr=float(values.get("lr", lr or 1e-3)), warmup_steps=100,
+                      route=None, objective=ObjectiveConfig(prompt_dropout=0.1, **objective))  # fmt: skip
+        source = ModelSource(preset="motif-video-small", overrides=model)
     return Recipe(
-        model=ModelSource(preset="motif-video-small", overrides=overrides),
+        model=source,
         stages=(stage,),
         seed=0,
         log_every=25,
@@ -101,7 +144,7 @@ def tail_loss(metrics: Path, steps: int) -> float:
 
 def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: argparse.Namespace) -> dict:
     folder = out / name
-    recipe = variant_recipe(work / "shards" / "images", values, args.steps, args.batch, args.lr)
+    recipe = variant_recipe(work, values, args.steps, args.batch, args.lr, args.from_release)
     run = folder / "run"
     start = resume_step(recipe, run) if (run / "recipe.json").is_file() else None
     with MetricsWriter(run, resume_step=start, tensorboard=False) as writer:
@@ -112,18 +155,19 @@ def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: 
         shutil.copytree(work / "release", release, ignore=shutil.ignore_patterns("transformer"))
     # always re-exported (a few MB): a variant rerun with more --steps lengthens its run
     export_transformer(final_checkpoint(recipe, run), folder / "transformer", use_ema=True)
-    finish_release(release, folder / "transformer")
-    settings = EvalSettings(str(release), mode="t2i", num_prompts=args.num_prompts, device=args.device,
+    stage = recipe.stages[0]
+    finish_release(release, folder / "transformer", defaults={"noise_correlation": stage.objective.noise_correlation})
+    mode = "t2v" if args.from_release else "t2i"
+    settings = EvalSettings(str(release), mode=mode, num_prompts=args.num_prompts, device=args.device,
                             guidance_scale=args.guidance_scale, output=str(folder / "eval"))  # fmt: skip
     report = run_eval(settings, progress=False)
-    steps = recipe.stages[0].steps
-    return dict(name=name, values=values, steps=steps, loss=tail_loss(run / "metrics.jsonl", steps),
-                heldout=report.table("heldout", "t2i").overall, train=report.table("train", "t2i").overall)  # fmt: skip
+    return dict(name=name, values=values, steps=stage.steps, loss=tail_loss(run / "metrics.jsonl", stage.steps),
+                heldout=report.table("heldout", mode).overall, train=report.table("train", mode).overall)  # fmt: skip
 
 
 def format_rows(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        "| variant | changes | steps | flow loss (last 10%) | held-out T2I | train T2I |",
+        f"| variant | changes | steps | flow loss (last 10%) | held-out {args.mode_name} | train {args.mode_name} |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -131,8 +175,11 @@ def format_rows(rows: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {r['name']} | {changes} | {r['steps']} | {r['loss']:.4f} | {100 * r['heldout']:.1f}% | "
                      f"{100 * r['train']:.1f}% |")  # fmt: skip
     guidance = "the release's guidance" if args.guidance_scale is None else f"guidance scale {args.guidance_scale:g}"
-    lines += ["", f"Unless a variant says otherwise: {args.steps} steps, batch {args.batch}, lr {args.lr:g}, seed 0; "
-                  f"{args.num_prompts} T2I prompts per split, {guidance}."]  # fmt: skip
+    start = "fine-tuned from the release on videos" if args.from_release else "from scratch on images"
+    batch = "the reproduction's batch" if args.from_release and args.batch is None else f"batch {args.batch or 32}"
+    lr = "its last stage's lr" if args.from_release and args.lr is None else f"lr {args.lr or 1e-3:g}"
+    lines += ["", f"Unless a variant says otherwise: {start}, {args.steps} steps, {batch}, {lr}, seed 0; "
+                  f"{args.num_prompts} {args.mode_name} prompts per split, {guidance}."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -142,9 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/ablate", help="one folder per variant is written here")
     parser.add_argument("--variant", action="append", default=[], help="name[:key=value;...] (repeatable)")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--num-prompts", type=int, default=48, help="T2I prompts per split")
+    parser.add_argument("--batch", type=int, help="default: 32 images; a fine-tune the reproduction's video batch")
+    parser.add_argument("--lr", type=float, help="default: 1e-3; a fine-tune the reproduction's last-stage lr")
+    parser.add_argument(
+        "--from-release",
+        action="store_true",
+        help="fine-tune the work folder's release on videos and score T2V (default: T2I from scratch)",
+    )
+    parser.add_argument("--num-prompts", type=int, default=48, help="prompts per split")
     parser.add_argument("--guidance-scale", type=float, help="sampling guidance (default: the release's, APG 8)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -152,12 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         variants = [parse_variant(v) for v in (args.variant or ["base"])]
         for name, values in variants:
-            check_variant(name, values)
+            check_variant(name, values, args.from_release)
     except ValueError as error:
         parser.error(str(error))
     if len({name for name, _ in variants}) != len(variants):
         parser.error("variant names must differ")
-    missing = [p for p in (work / "shards" / "images", work / "release" / "vae") if not p.is_dir()]
+    args.mode_name = "T2V" if args.from_release else "T2I"
+    needed = [work / "shards" / ("videos" if args.from_release else "images"), work / "release" / "vae"]
+    needed += [work / "release" / "transformer"] if args.from_release else []
+    missing = [p for p in needed if not p.is_dir()]
     if missing:
         parser.error(f"{work} is not a reproduction folder (missing {', '.join(map(str, missing))}); "
                      "run scripts/train_small_model.py first")  # fmt: skip

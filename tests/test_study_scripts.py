@@ -28,9 +28,18 @@ def test_variants_are_parsed_with_clear_errors(script):
         parse("x:lr")
     with pytest.raises(ValueError, match="not a Python literal"):
         parse("x:patch_size=one")
-    recipe = script["variant_recipe"](Path("shards"), {"patch_size": 1, "lr": 3e-3, "steps": 7}, 10, 4, 1e-3)
+    values = {"patch_size": 1, "lr": 3e-3, "steps": 7, "temporal_difference_weight": 2.0}
+    recipe = script["variant_recipe"](Path("work"), values, 10, 4, 1e-3)
     assert recipe.model.overrides == {"patch_size": 1}
-    assert (recipe.stages[0].steps, recipe.stages[0].lr, recipe.stages[0].route) == (7, 3e-3, None)
+    stage = recipe.stages[0]
+    assert (stage.steps, stage.lr, stage.route, stage.objective.temporal_difference_weight) == (7, 3e-3, None, 2.0)
+    assert stage.sources["image"].path == str(Path("work") / "shards" / "images")
+    # a fine-tune: the release's weights, the video shards, the reproduction's last-stage objective and lr
+    tune = script["variant_recipe"](Path("work"), {"spatial_difference_weight": 1.0}, 10, None, None, True)
+    stage = tune.stages[0]
+    assert tune.model.pretrained == str(Path("work") / "release") and set(stage.sources) == {"video"}
+    assert (stage.lr, stage.objective.noise_correlation, stage.objective.spatial_difference_weight) == (3e-4, 0.9, 1.0)
+    assert stage.sources["video"].batch_size == 16
 
 
 def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, capsys):
@@ -54,11 +63,31 @@ def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, 
     with pytest.raises(SystemExit):
         script["main"](["--work", str(tmp_path / "nowhere")])
     assert "not a reproduction folder" in capsys.readouterr().err
-    bad_variants = (("x:patchsize=1", "unknown key(s) ['patchsize']"), ("x:attention_head_dim=64", "rope_axes_dim"))
-    for bad, message in bad_variants:
+    bad_variants = (
+        ([], "x:patchsize=1", "unknown key(s) ['patchsize']"),
+        ([], "x:attention_head_dim=64", "rope_axes_dim"),
+        ([], "x:noise_correlation=2.0", "noise_correlation must lie in [0, 1]"),
+        (["--from-release"], "x:patch_size=1", "['patch_size'] change the architecture"),
+    )
+    for flags, bad, message in bad_variants:
         with pytest.raises(SystemExit):
-            script["main"](["--work", str(work), "--variant", bad])
+            script["main"](["--work", str(work), *flags, "--variant", bad])
         assert message in capsys.readouterr().err  # before anything trains
+
+
+def test_fine_tune_ablation_continues_the_release_on_videos(script, toy_reproduction, tmp_path, capsys):
+    work = toy_reproduction[0]
+    argv = ["--work", str(work), "--out", str(tmp_path / "ft"), "--from-release", "--steps", "2", "--batch", "2",
+            "--num-prompts", "1", "--device", "cpu", "--guidance-scale", "1",
+            "--variant", "diff:temporal_difference_weight=2.0"]  # fmt: skip
+    assert script["main"](argv) == 0
+    table = capsys.readouterr().out
+    assert "| diff | temporal_difference_weight=2.0 | 2 |" in table and "held-out T2V" in table
+    assert "fine-tuned from the release on videos, 2 steps, batch 2, its last stage's lr" in table
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "diff" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("difference_loss" in row for row in rows)
+    results = json.loads((tmp_path / "ft" / "diff" / "eval" / "results.json").read_text())
+    assert results["settings"]["mode"] == "t2v" and results["settings"]["noise_correlation"] == 0.9
 
 
 def test_text_sensitivity_swaps_each_attribute_word(toy_reproduction, capsys):
