@@ -91,6 +91,9 @@ def test_ground_truth_clips_score_100_percent_and_other_scenes_do_not():
     for name, table in report.tables.items():
         assert table.overall == 1.0 and table.all_correct == table.videos == 7, name
     assert heldout_failures(report, 0.9) == []
+    ones, twos = report.table("heldout", "t2v", objects=1), report.table("heldout", "t2v", objects=2)
+    assert ones.videos and twos.videos and ones.videos + twos.videos == 7 and ones.overall == twos.overall == 1.0
+    assert f"| one object | 100.0% ({ones.videos}) |" in format_report(report)  # held-out T2V is the first column
     assert [len(c["prompts"]) for c in fake.calls[:3]] == [3, 3, 1]  # batches of batch_size
     assert [s for c in fake.calls[:3] for s in c["seeds"]] == list(range(5, 12))  # seed + index, one per video
     assert fake.calls[0]["image"] is None

@@ -110,8 +110,13 @@ class EvalReport:
     def modes(self) -> tuple[str, ...]:
         return MODES if self.settings["mode"] == "both" else (self.settings["mode"],)
 
-    def table(self, split: str, mode: str) -> ScoreTable:
-        scores = [VideoScore(v["checks"]) for v in self.videos if v["split"] == split and v["mode"] == mode]
+    def table(self, split: str, mode: str, objects: int | None = None) -> ScoreTable:
+        """The scores of one (split, mode); `objects`: only the prompts with that many objects."""
+        scores = [
+            VideoScore(v["checks"])
+            for v in self.videos
+            if v["split"] == split and v["mode"] == mode and objects in (None, len(v["spec"]["objects"]))
+        ]
         return score_prompts(scores)
 
     @property
@@ -305,11 +310,32 @@ def _shift_text(shift: Any) -> str:
     return "default" if shift is None else f"{shift:g}"
 
 
+def format_by_objects(report: EvalReport) -> str:
+    """Markdown: attributes correct per (split, mode), for the one-object and the two-object prompts apart (a
+    two-object prompt states about twice the attributes, so the pooled score leans on it)."""
+    columns = [(s, m) for m in report.modes for s in report.settings["splits"]]
+    lines = [
+        "| prompts | " + " | ".join(column_name(s, m) for s, m in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for count, label in ((1, "one object"), (2, "two objects")):
+        cells = []
+        for split, mode in columns:
+            table = report.table(split, mode, objects=count)
+            cells.append("-" if not table.videos else f"{100 * table.overall:.1f}% ({table.videos})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_report(report: EvalReport) -> str:
-    """Markdown: the attribute x (split, mode) table, then one line of settings and timing."""
+    """Markdown: the attribute x (split, mode) table, the one- / two-object split, one line of settings and timing."""
     s, t = report.settings, report.timings
     lines = [
         format_table(report.tables),
+        "",
+        "Attributes correct by the number of objects a prompt asks for (videos in brackets):",
+        "",
+        format_by_objects(report),
         "",
         f"Model `{s['model']}`; {s['num_prompts']} prompts per split ({s['variant']} captions, prompt set "
         f"{s['prompt_seed']}), {s['steps']} steps, shift {_shift_text(s.get('shift'))}, "
