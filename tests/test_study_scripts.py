@@ -105,3 +105,17 @@ def test_text_sensitivity_swaps_each_attribute_word(toy_reproduction, capsys):
     assert table["prompt"][0.5] > 0 and all(v[0.5] >= 0 for v in table.values())
     same = probe["sensitivity"](pipe, "A large red square.", 1, (0.5,), samples=2)
     assert set(same) == {"prompt", "colour", "shape", "size"}
+
+
+def test_completion_by_noise_scores_each_start_level(toy_reproduction, capsys):
+    script = runpy.run_path(str(SCRIPT.with_name("completion_by_noise.py")))
+    work = toy_reproduction[0]
+    argv = ["--model", str(work / "release"), "--shards", str(work / "shards" / "videos"), "--clips", "2",
+            "--t0", "0.2", "1.0"]  # fmt: skip
+    assert script["main"](argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("| 1 | ") < printed.index("| 0.2 | ")  # noisiest first
+    assert "| t0 | attributes correct | background | count |" in printed and "direction" in printed
+    with pytest.raises(SystemExit):
+        script["main"](["--model", str(work / "release"), "--shards", str(work / "shards" / "videos"), "--t0", "0"])
+    assert "--t0 values must lie in (0, 1]" in capsys.readouterr().err
