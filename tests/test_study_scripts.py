@@ -42,11 +42,15 @@ def test_variants_are_parsed_with_clear_errors(script):
     assert stage.sources["video"].batch_size == 16
 
 
+def _tiny_run(work: Path, out: Path, *flags: str) -> list[str]:
+    """argv of a 2-step ablation on `work` scored on 1 prompt per split, without guidance."""
+    return ["--work", str(work), "--out", str(out), "--steps", "2", "--batch", "2", "--num-prompts", "1",
+            "--device", "cpu", "--guidance-scale", "1", *flags]  # fmt: skip
+
+
 def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, capsys):
     work = toy_reproduction[0]  # its image shards and release
-    argv = ["--work", str(work), "--out", str(tmp_path / "ab"), "--steps", "2", "--batch", "2", "--num-prompts", "1",
-            "--device", "cpu", "--guidance-scale", "1", "--variant", "base",
-            "--variant", "p1:patch_size=1"]  # fmt: skip
+    argv = _tiny_run(work, tmp_path / "ab", "--variant", "base", "--variant", "p1:patch_size=1")
     assert script["main"](argv) == 0
     table = capsys.readouterr().out
     assert "| base | none | 2 |" in table and "| p1 | patch_size=1 | 2 |" in table
@@ -77,9 +81,7 @@ def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, 
 
 def test_fine_tune_ablation_continues_the_release_on_videos(script, toy_reproduction, tmp_path, capsys):
     work = toy_reproduction[0]
-    argv = ["--work", str(work), "--out", str(tmp_path / "ft"), "--from-release", "--steps", "2", "--batch", "2",
-            "--num-prompts", "1", "--device", "cpu", "--guidance-scale", "1",
-            "--variant", "diff:temporal_difference_weight=2.0"]  # fmt: skip
+    argv = _tiny_run(work, tmp_path / "ft", "--from-release", "--variant", "diff:temporal_difference_weight=2.0")
     assert script["main"](argv) == 0
     table = capsys.readouterr().out
     assert "| diff | temporal_difference_weight=2.0 | 2 |" in table and "held-out T2V" in table
