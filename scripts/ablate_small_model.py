@@ -120,8 +120,9 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
     else:
         images = Source(str(work / "shards" / "images"), batch_size=int(values.get("batch", batch or 32)),
                         shuffle_window=2048)  # fmt: skip
+        base = ObjectiveConfig(prompt_dropout=0.1)
         stage = Stage("images", steps, {"image": images}, lr=float(values.get("lr", lr or 1e-3)), warmup_steps=100,
-                      route=None, objective=ObjectiveConfig(prompt_dropout=0.1, **objective))  # fmt: skip
+                      route=None, objective=dataclasses.replace(base, **objective))  # fmt: skip
         source = ModelSource(preset="motif-video-small", overrides=model)
     return Recipe(
         model=source,

@@ -34,6 +34,8 @@ def test_variants_are_parsed_with_clear_errors(script):
     stage = recipe.stages[0]
     assert (stage.steps, stage.lr, stage.route, stage.objective.temporal_difference_weight) == (7, 3e-3, None, 2.0)
     assert stage.sources["image"].path == str(Path("work") / "shards" / "images")
+    no_dropout = script["variant_recipe"](Path("work"), {"prompt_dropout": 0.0}, 10, 4, 1e-3).stages[0]
+    assert no_dropout.objective.prompt_dropout == 0.0  # an objective key replaces the images stage's default
     # a fine-tune: the release's weights, the video shards, the reproduction's last-stage objective and lr
     tune = script["variant_recipe"](Path("work"), {"spatial_difference_weight": 1.0}, 10, None, None, True)
     stage = tune.stages[0]
