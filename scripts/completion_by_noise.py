@@ -23,8 +23,8 @@ import torch
 T0S = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3)
 
 
-def complete(pipe, clips, t0: float, seed: int = 0) -> list:
-    """Score each clip's completion from t0; returns procedural.evaluate VideoScores in clip order."""
+def complete(pipe, clips, t0: float, seed: int = 0, batch_size: int = 8) -> list:
+    """Score each clip's completion from t0 (clip i's noise from seed + i); VideoScores in clip order."""
     from motif_video.pipeline.latents import initial_noise
     from motif_video.pipeline.schedule import flow_sigmas
     from motif_video.procedural.evaluate import score_video
@@ -33,23 +33,33 @@ def complete(pipe, clips, t0: float, seed: int = 0) -> list:
     defaults = pipe.defaults
     schedule = flow_sigmas(defaults.num_inference_steps, defaults.shift_t2v)
     sigmas = [t0] + [float(s) for s in schedule if s < t0 - 1e-6]
-    scores = []
+    starts = []
     for index, clip in enumerate(clips):
         x0 = clip.tensors["latents"].float()[None]
+        correlation = defaults.noise_correlation if x0.shape[2] > 1 else 0.0
         eps = initial_noise(tuple(x0.shape), torch.Generator().manual_seed(seed + index), torch.device("cpu"),
-                            defaults.noise_correlation if x0.shape[2] > 1 else 0.0)  # fmt: skip
-        frames, height, width = clip.meta.bucket
-        video = pipe(
-            prompt=clip.meta.caption,
-            height=height,
-            width=width,
-            num_frames=frames,
-            sigmas=sigmas,
-            latents=(1 - t0) * x0 + t0 * eps,
-            output_type="np",
-        ).frames[0]
-        scores.append(score_video(np.asarray(video), SceneSpec.from_dict(clip.meta.extra["manifest"]["scene"])))
-    return scores
+                            correlation)  # fmt: skip
+        starts.append((1 - t0) * x0 + t0 * eps)
+    scores: dict[int, object] = {}
+    buckets: dict[tuple, list[int]] = {}
+    for index, clip in enumerate(clips):  # one pipeline call per size and batch
+        buckets.setdefault(tuple(clip.meta.bucket), []).append(index)
+    for (frames, height, width), members in buckets.items():
+        for first in range(0, len(members), batch_size):
+            chunk = members[first : first + batch_size]
+            videos = pipe(
+                prompt=[clips[i].meta.caption for i in chunk],
+                height=height,
+                width=width,
+                num_frames=frames,
+                sigmas=sigmas,
+                latents=torch.cat([starts[i] for i in chunk]),
+                output_type="np",
+            ).frames
+            for i, video in zip(chunk, videos):
+                spec = SceneSpec.from_dict(clips[i].meta.extra["manifest"]["scene"])
+                scores[i] = score_video(np.asarray(video), spec)
+    return [scores[i] for i in range(len(clips))]
 
 
 def main(argv: list[str] | None = None) -> int:
