@@ -14,8 +14,9 @@ the frozen text encoder, VAE and scheduler (and, with `--from-release`, the star
   prompt dropout 0.1, warmup 100) and is scored on T2I (`motif-video eval --mode t2i`). Still images are the
   cheap, spatial half of the task (16 tokens at patch 2 against 80 for a clip; the same colour, shape, size and
   layout attributes), so a config change that cannot make better images will not make better videos.
-- `--from-release`: every variant continues the release's transformer on the video shards with the objective of
-  the reproduction's last stage (`small_recipe`: joint T2V / I2V, frame-correlated noise, no TREAD, warmup 50),
+- `--from-release`: every variant continues the release's transformer on the video shards with the objective, lr
+  and video batch of the reproduction's last stage (read from `<work>/run/recipe.json`, else `small_recipe`'s:
+  joint T2V / I2V, frame-correlated noise), without TREAD, warmup 50,
   and is scored on T2V. Words a model learns late (shape, direction, speed) only show after the early ones
   (background, colour, size), which a short run from scratch never reaches.
 
@@ -46,7 +47,7 @@ from motif_video.training.export import export_transformer
 from motif_video.training.metrics import MetricsWriter
 from motif_video.training.objective import ObjectiveConfig
 from motif_video.training.parallel import ParallelConfig
-from motif_video.training.recipe import ModelSource, Recipe, Source, Stage
+from motif_video.training.recipe import ModelSource, Recipe, Source, Stage, recipe_from_dict
 from motif_video.training.run import final_checkpoint, resume_step, run_recipe
 
 STAGE_KEYS = ("lr", "batch", "steps")
@@ -101,18 +102,27 @@ def check_variant(name: str, values: dict[str, Any], from_release: bool = False)
         raise ValueError(f"variant {name!r}: {error}") from None
 
 
+def reproduction_recipe(work: Path) -> Recipe:
+    """The recipe the reproduction in `work` was trained with (its run/recipe.json), else the default plan's."""
+    saved = work / "run" / "recipe.json"
+    if saved.is_file():
+        return recipe_from_dict(json.loads(saved.read_text()))
+    return small_recipe(work, SmallModelPlan())
+
+
 def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | None, lr: float | None,
                    from_release: bool = False) -> Recipe:  # fmt: skip
     """The one-stage recipe of a variant; batch / lr None: the mode's default (images 32 / 1e-3; a fine-tune the
-    reproduction's video batch and last-stage lr)."""
+    reproduction's last-stage video batch and lr)."""
     import dataclasses
 
     objective, model = _split(values)
     steps = int(values.get("steps", steps))
     if from_release:
-        plan = SmallModelPlan()
-        last = small_recipe(work, plan).stages[-1]
-        videos = Source(str(work / "shards" / "videos"), batch_size=int(values.get("batch", batch or plan.video_batch)),
+        last = reproduction_recipe(work).stages[-1]
+        saved_batch = last.sources["video"].batch_size if "video" in last.sources else None
+        default_batch = saved_batch if isinstance(saved_batch, int) else SmallModelPlan().video_batch
+        videos = Source(str(work / "shards" / "videos"), batch_size=int(values.get("batch", batch or default_batch)),
                         shuffle_window=2048)  # fmt: skip
         stage = Stage("videos", steps, {"video": videos}, lr=float(values.get("lr", lr or last.lr)), warmup_steps=50,
                       route=None, objective=dataclasses.replace(last.objective, **objective))  # fmt: skip
