@@ -27,7 +27,14 @@ from motif_video.procedural import (
     write_dataset,
 )
 from motif_video.procedural.captions import CAPTION_VARIANTS, NUM_PHRASINGS, first_sentence
-from motif_video.procedural.scene import BACKGROUNDS, fits, heldout_pairs
+from motif_video.procedural.scene import (
+    BACKGROUNDS,
+    LAYOUT_JITTER_PX,
+    fits,
+    half_extent,
+    heldout_pairs,
+    trajectory,
+)
 
 
 def scenes(seed: int, count: int, split: str = "any", image_every: int = 4, **kwargs) -> list[SceneSpec]:
@@ -72,10 +79,11 @@ def test_sampling_and_rendering_are_deterministic_by_seed():
     assert np.array_equal(frames_of(spec), frames_of(spec))
 
 
+@pytest.mark.parametrize("layout", ["centred", "uniform"])
 @pytest.mark.parametrize("height,width", [(64, 64), (48, 80), (96, 64)])
-def test_objects_stay_inside_the_frame(height, width):
+def test_objects_stay_inside_the_frame(height, width, layout):
     """The outermost pixel ring is pure background in every frame, and each object is drawn in every frame."""
-    for spec in scenes(7, 40, height=height, width=width):
+    for spec in scenes(7, 40, height=height, width=width, layout=layout):
         video = frames_of(spec, height, width)
         background = np.array(BACKGROUNDS[spec.background], dtype=np.uint8)
         ring = np.concatenate([video[:, 0], video[:, -1], video[:, :, 0], video[:, :, -1]], axis=1)
@@ -84,6 +92,32 @@ def test_objects_stay_inside_the_frame(height, width):
         for obj in spec.objects:
             full = (video == np.array(COLORS[obj.color], dtype=np.uint8)).all(-1).sum(axis=(1, 2))
             assert (full >= 40 * (min(height, width) / 64) ** 2).all(), (spec, full)
+
+
+def group_centre_offset(spec: SceneSpec, height: int, width: int) -> np.ndarray:
+    """(dx, dy) px from the frame centre to the centre of the box all objects sweep over the clip."""
+    frames = 1 if spec.image else 17
+    centres = trajectory(spec, frames, height, width)  # (T, N, 2)
+    r = np.array([half_extent(o.size, height, width) for o in spec.objects])[None, :, None]
+    low, high = (centres - r).min(axis=(0, 1)), (centres + r).max(axis=(0, 1))
+    return (low + high) / 2 - np.array([width, height]) / 2
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (48, 80)])
+def test_centred_layout_puts_the_path_in_the_middle_and_uniform_does_not(height, width):
+    jitter = LAYOUT_JITTER_PX * min(height, width) / 64
+    centred = scenes(8, 80, height=height, width=width)  # the default layout
+    offsets = np.array([group_centre_offset(s, height, width) for s in centred])
+    assert (np.abs(offsets) <= jitter + 1e-6).all()
+    assert np.abs(offsets).max() > jitter / 2  # jittered, not fixed
+    pairs = [s for s in centred if len(s.objects) == 2]
+    gaps = {round(abs(np.subtract(*[(o.x * width, o.y * height) for o in s.objects])).max()
+                  - sum(half_extent(o.size, height, width) for o in s.objects), 6) for s in pairs}  # fmt: skip
+    assert len(pairs) > 10 and len(gaps) == 1  # one fixed gap
+    uniform = scenes(8, 80, height=height, width=width, layout="uniform")
+    assert np.abs([group_centre_offset(s, height, width) for s in uniform]).max() > 3 * jitter
+    with pytest.raises(ValueError, match="layout"):
+        sample_scene(np.random.default_rng(0), layout="grid")
 
 
 def test_render_rejects_bad_sizes_and_scenes_that_leave_the_frame():
