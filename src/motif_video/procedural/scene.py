@@ -20,10 +20,10 @@ at least MARGIN_PX from the edge, for the whole clip.
 Layout (`sample_scene(layout=...)`): "centred" (the default, the world the small model is trained and scored in)
 places the scene's group (one object, or two at a fixed gap GAP_PX + EXTRA_GAP_PX / 2, no perpendicular offset) so
 its path over the clip is centred in the frame, then jitters it by up to LAYOUT_JITTER_PX on each axis, so the
-caption decides the layout. "uniform" draws the start anywhere
-the path fits, with a random gap and perpendicular offset: a model must then DECIDE the layout from noise, which a
-toy transformer does not learn in an hour (`scripts/completion_by_noise.py`: the release trained on "uniform"
-clips places two objects by caption 4% of the time from pure noise, 83% once the layout is in x_t at t = 0.6).
+caption decides the layout. "uniform" draws the start anywhere the path fits, with a random gap and perpendicular
+offset: a model must then DECIDE the layout from noise, which a toy transformer does not learn in an hour
+(`scripts/completion_by_noise.py`: the small model trained on "uniform" clips gets the two objects' relation right
+4% of the time from pure noise, 83% once the layout is in x_t at t = 0.6).
 
 Held-out rule (fixed; `is_heldout`): a scene is held out when any object has a (colour, shape) pair in
 HELDOUT_COLOR_SHAPE, or any MOVING object has a (colour, direction) pair in HELDOUT_COLOR_DIRECTION. Every colour,
@@ -66,7 +66,7 @@ RELATIONS = ("left_of", "right_of", "above", "below")  # objects[0] relative to 
 REFERENCE_SIZE = 64  # the frame side the px constants above are given for
 MARGIN_PX = 1.0  # every object stays this far inside the frame
 GAP_PX = 6.0  # least gap between the bounding boxes of two objects, at 64x64
-EXTRA_GAP_PX = 10.0  # the gap is GAP_PX + uniform(0, EXTRA_GAP_PX)
+EXTRA_GAP_PX = 10.0  # the gap is GAP_PX + uniform(0, EXTRA_GAP_PX) ("uniform" layout; "centred": + half of it)
 PERP_JITTER = 0.3  # perpendicular offset <= this fraction of the along-axis offset: the relation is unambiguous
 LAYOUT_JITTER_PX = 4.0  # "centred" layout: the group's centre moves by up to this on each axis, at 64x64
 GEOMETRY_TRIES = 100  # redraws of a scene's attributes before its object count is redrawn
