@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -77,7 +77,7 @@ HELDOUT_COLOR_DIRECTION = frozenset({("green", "left"), ("purple", "up"), ("cyan
 
 Split = Literal["train", "heldout", "any"]
 Layout = Literal["centred", "uniform"]
-LAYOUTS = ("centred", "uniform")
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 
 
 @dataclass(frozen=True)
