@@ -194,7 +194,14 @@ def test_pipeline_load_scale_fuse_unload(tmp_path):
     pipe.set_lora_scale(1.0, "style")
     np.testing.assert_allclose(_frames(pipe), adapted, atol=1e-6)
     pipe.save_lora_weights(str(tmp_path / "saved"), "style")
+    with pytest.raises(ValueError, match=r"unfused LoRA adapters \(style\): call fuse_lora\(\)"):
+        pipe.save_pretrained(str(tmp_path / "release"))
+    assert not (tmp_path / "release" / "model_index.json").exists()
     pipe.fuse_lora()
+    pipe.save_pretrained(str(tmp_path / "release"))  # fused: the official keys, loadable as a release
+    reloaded = MotifVideoPipeline.from_pretrained(str(tmp_path / "release"))
+    reloaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(_frames(reloaded), adapted, atol=1e-5)
     assert not lora_layers(pipe.transformer) and pipe.transformer.transformer_blocks[0].attn.is_fused
     np.testing.assert_allclose(_frames(pipe), adapted, atol=1e-5)
     with pytest.raises(ValueError, match="has no LoRA adapter"):

@@ -197,9 +197,18 @@ def load_transformer(
 def save_transformer(
     model: torch.nn.Module, save_directory: str | os.PathLike, max_shard_size: int | str = "5GB"
 ) -> None:
-    """Write `config.json` and the weights (sharded with an index above `max_shard_size`)."""
+    """Write `config.json` and the weights (sharded with an index above `max_shard_size`).
+
+    A model that still carries LoRA layers is refused: its state dict holds peft's keys (`base_layer`, `lora_A`),
+    which no loader of the official layout reads back."""
     from huggingface_hub import split_torch_state_dict_into_shards
 
+    if getattr(model, "peft_config", None):
+        raise ValueError(
+            "the transformer has unfused LoRA adapters "
+            f"({', '.join(model.peft_config)}): call fuse_lora() to save the adapted weights, "
+            "or save_lora_weights() to save the adapter alone"
+        )
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
