@@ -30,6 +30,7 @@ from motif_video.procedural.captions import CAPTION_VARIANTS, NUM_PHRASINGS, fir
 from motif_video.procedural.scene import (
     BACKGROUNDS,
     LAYOUT_JITTER_PX,
+    LAYOUTS,
     fits,
     half_extent,
     heldout_pairs,
@@ -257,3 +258,21 @@ def test_written_dataset_is_read_by_the_manifest_reader(tmp_path):
         assert score_video(frames, item.caption).all_correct
     lossless = read_manifest(write_dataset(tmp_path / "png", num_videos=1, seed=5, video_format="png"))[0]
     assert lossless.path.is_dir() and load_clip(lossless, buckets).bucket == (17, 64, 64)
+
+
+def test_write_dataset_passes_the_scene_mix_on_and_checks_it_first(tmp_path):
+    drawn = lambda manifest: [json.loads(line)["scene"] for line in manifest.read_text().splitlines()]  # noqa: E731
+    two = drawn(write_dataset(tmp_path / "two", num_videos=6, seed=1, two_object_prob=1.0, still_prob=1.0))
+    assert all(len(s["objects"]) == 2 and s["direction"] == "still" for s in two)
+    for layout in LAYOUTS:
+        one = drawn(write_dataset(tmp_path / layout, num_videos=6, seed=1, two_object_prob=0.0, still_prob=1.0,
+                                   layout=layout))  # fmt: skip
+        assert all(len(s["objects"]) == 1 for s in one)
+        off_centre = max(abs(s["objects"][0][axis] - 0.5) for s in one for axis in "xy")
+        assert (off_centre <= LAYOUT_JITTER_PX / 64) == (layout == "centred"), (layout, off_centre)
+    for bad, match in (({"two_object_prob": 1.5}, r"two_object_prob is a probability in \[0, 1\], got 1.5"),
+                       ({"still_prob": -0.1}, "still_prob is a probability"),
+                       ({"layout": "grid"}, "unknown layout 'grid'; expected one of centred, uniform")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            write_dataset(tmp_path / "bad", num_videos=1, **bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

@@ -36,8 +36,10 @@ from motif_video.procedural.render import check_size, render
 from motif_video.procedural.scene import (
     HELDOUT_COLOR_DIRECTION,
     HELDOUT_COLOR_SHAPE,
+    Layout,
     SceneSpec,
     Split,
+    check_scene_options,
     heldout_pairs,
     sample_scene,
 )
@@ -77,10 +79,15 @@ def write_dataset(
     fps: int = DEFAULT_FPS,
     video_format: Literal["mp4", "png"] = "mp4",
     io_threads: int = 4,
+    two_object_prob: float = 0.4,
+    still_prob: float = 0.15,
+    layout: Layout = "centred",
 ) -> Path:
     """Render num_videos clips and num_images stills of `split` into out_dir; returns the manifest's path.
 
     split "train" never contains a held-out pair (scene.is_heldout), "heldout" always does, "any" is unrestricted.
+    two_object_prob, still_prob and layout are `sample_scene`'s (the share of two-object scenes, of still clips,
+    and where the scene sits in the frame); the defaults are the small model's training data.
     The manifest is written last, atomically, so a manifest on disk always lists complete files. Scenes are drawn
     and rendered in order in this thread; only the file writes (mp4 encoding, which mostly waits on swscale and
     fsync) run on `io_threads` threads (0: inline), so the output does not depend on it.
@@ -92,6 +99,7 @@ def write_dataset(
         raise ValueError(f"need a positive number of samples, got {num_videos} videos and {num_images} images")
     if video_format not in ("mp4", "png"):
         raise ValueError(f"video_format must be 'mp4' or 'png', got {video_format!r}")
+    check_scene_options(two_object_prob, still_prob, layout)
     root = Path(out_dir)
     (root / MEDIA_DIR).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -102,7 +110,8 @@ def write_dataset(
             image = index >= num_videos
             key = f"{split}-i{index - num_videos:06d}" if image else f"{split}-v{index:06d}"
             frames = 1 if image else num_frames
-            spec = sample_scene(rng, split=split, image=image, num_frames=frames, height=height, width=width)
+            spec = sample_scene(rng, split=split, image=image, num_frames=frames, height=height, width=width,
+                                two_object_prob=two_object_prob, still_prob=still_prob, layout=layout)  # fmt: skip
             phrasing = [int(rng.integers(NUM_PHRASINGS)), int(rng.integers(NUM_PHRASINGS))]  # long, short
             suffix = ".png" if image else (".mp4" if video_format == "mp4" else "")
             relative = f"{MEDIA_DIR}/{key}{suffix}"

@@ -223,6 +223,15 @@ def is_heldout(spec: SceneSpec | PromptSpec) -> bool:
 # ---------------------------------------------------------------------------------------------------- sampler
 
 
+def check_scene_options(two_object_prob: float, still_prob: float, layout: str) -> None:
+    """The sampler's mix options, checked before anything is drawn; a bad one is a ValueError saying what to pass."""
+    for name, value in (("two_object_prob", two_object_prob), ("still_prob", still_prob)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} is a probability in [0, 1], got {value}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+
+
 def sample_scene(
     rng: np.random.Generator,
     *,
@@ -245,8 +254,7 @@ def sample_scene(
     """
     if image and num_frames != 1:
         raise ValueError(f"an image has num_frames=1, got {num_frames}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    check_scene_options(two_object_prob, still_prob, layout)
     for _ in range(max_tries):
         count = 2 if rng.random() < two_object_prob else 1
         spec: SceneSpec | None = None
