@@ -1,5 +1,5 @@
-"""The small-model study scripts: ablate_small_model.py (T2I ablations through the real trainer) and
-text_sensitivity.py (which caption words a model reads)."""
+"""The small-model study scripts: ablate_small_model.py (T2I ablations through the real trainer),
+text_sensitivity.py (which caption words a model reads), completion_by_noise.py and diagnose_small_model.py."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablate_small_model.py"
 
@@ -123,3 +124,27 @@ def test_completion_by_noise_scores_each_start_level(toy_reproduction, capsys):
     with pytest.raises(SystemExit):
         script["main"](["--model", str(work / "release"), "--shards", str(work / "shards" / "videos"), "--t0", "0"])
     assert "--t0 values must lie in (0, 1]" in capsys.readouterr().err
+
+
+def test_diagnose_prints_the_loss_table_with_the_i2v_columns(toy_reproduction, capsys):
+    script = runpy.run_path(str(SCRIPT.with_name("diagnose_small_model.py")))
+    work = toy_reproduction[0]
+    argv = ["--model", str(work / "release"), "--shards", str(work / "shards" / "videos"), "--clips", "2"]
+    assert script["main"](argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| later T2V | later I2V | later I2V other |" in lines[1]
+    rows = [[float(x) for x in line.strip("| ").split(" | ")] for line in lines[3:]]
+    assert [row[0] for row in rows] == [0.1, 0.3, 0.5, 0.7, 0.9, 0.97] and all(len(row) == 8 for row in rows)
+    assert all(v >= 0 for row in rows for v in row[1:])
+    # the toy barely moves its zero-initialised output; on a random model the I2V condition must change v
+    from conftest import make_inputs, random_ours
+    from motif_video import get_preset
+
+    config = get_preset("tiny")
+    model, inputs = random_ours(config), make_inputs(config, batch=1, valid=None, image_len=3)
+    xt, text = inputs["hidden_states"][:, : config.out_channels], inputs["encoder_hidden_states"]
+    t2v = script["velocity"](model, xt, 0.9, text)
+    first = (xt[:, :, :1] * 0.5, inputs["image_embeds"])
+    i2v = script["velocity"](model, xt, 0.9, text, first=first)
+    assert t2v.shape == i2v.shape == xt.shape and (i2v - t2v).abs().max() > 1e-3
+    assert not torch.equal(i2v, script["velocity"](model, xt, 0.9, text, first=(first[0], None)))  # SigLIP used
