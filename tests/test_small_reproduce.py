@@ -33,7 +33,11 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     assert small_recipe(tmp_path, plan).stages[1].interleave == ("image", "video", "video")
     assert pipe.defaults.noise_correlation == plan.noise_correlation > 0  # the release samples as the prior stage
     assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9]
-    high_t = small_recipe(tmp_path, SmallModelPlan(logit_mean=1.0, logit_std=1.2)).stages
-    assert {(s.objective.logit_mean, s.objective.logit_std) for s in high_t} == {(1.0, 1.2)}  # every stage
+    stages = small_recipe(tmp_path, SmallModelPlan()).stages
+    assert {(s.objective.logit_mean, s.objective.logit_std) for s in stages} == {(1.0, 1.2)}  # every stage
+    assert [s.objective.shift for s in stages] == [1.0] * 4  # the default plan shifts no further
+    low_t = small_recipe(tmp_path, SmallModelPlan(logit_mean=0.0, logit_std=1.0, anneal_shift=2.0)).stages
+    assert {(s.objective.logit_mean, s.objective.logit_std) for s in low_t} == {(0.0, 1.0)}
+    assert [s.objective.shift for s in low_t] == [1.0, 1.0, 2.0, 2.0]  # the anneal and prior stages
     no_prior = SmallModelPlan(prior_steps=0)
     assert len(small_recipe(tmp_path, no_prior).stages) == 3 and sampling_correlation(no_prior) == 0.0
