@@ -45,7 +45,7 @@ class SmallModelPlan:
     vae_steps: int = 0  # 0: the VAE trainer's default budget (`small_model.vae`)
     image_steps: int = 300  # stage 1: images only
     joint_steps: int = 3000  # stage 2: image, video, video
-    anneal_steps: int = 5000  # stage 3: the same mix, no TREAD, lower lr, timesteps shifted towards noise
+    anneal_steps: int = 5000  # stage 3: the same mix, no TREAD, lower lr (and anneal_shift, if > 1)
     anneal_lr: float = 3e-4
     anneal_shift: float = 1.0  # on top of logit_mean: no further shift (2.0 with logit-normal(0, 1))
     prior_steps: int = 8000  # stage 4: videos only, no TREAD, frame-correlated noise (the release samples with it)
