@@ -26,20 +26,16 @@ import torch
 from motif_video import MotifVideoTransformer
 from motif_video.data.shard_reader import first_samples
 from motif_video.models.routing import random_route
+from motif_video.pipeline.latents import condition_channels
 from motif_video.pipeline.schedule import to_model_timestep
 
 
 @torch.no_grad()
 def velocity(model, xt, t, text, route=None, first=None) -> torch.Tensor:
     """The model's v; `first` = (first-frame latent (B, C, 1, h, w), SigLIP tokens or None) makes it I2V."""
-    cond = xt.new_zeros(xt.shape[0], model.config.in_channels - xt.shape[1], *xt.shape[2:])
-    kwargs = {}
-    if first is not None:
-        latent, tokens = first
-        cond[:, : xt.shape[1], 0] = latent[:, :, 0]
-        cond[:, xt.shape[1], 0] = 1.0  # the mask channel: frame 0 is given
-        if tokens is not None and model.image_embedder is not None:
-            kwargs["image_embeds"] = tokens
+    latent, tokens = first if first is not None else (None, None)
+    cond = condition_channels(latent, tuple(xt.shape), xt.device, xt.dtype)  # as the pipeline builds them
+    kwargs = {"image_embeds": tokens} if tokens is not None and model.image_embedder is not None else {}
     timestep = to_model_timestep(torch.full((xt.shape[0],), t))
     return model(hidden_states=torch.cat([xt, cond], 1), timestep=timestep, encoder_hidden_states=text,
                  route=route, **kwargs).sample  # fmt: skip
