@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -48,6 +50,23 @@ def test_timestep_sampling():
     )
     with pytest.raises(ValueError):
         ObjectiveConfig(timestep_sampling="cosine")
+
+
+def test_uniform_share_mixes_in_low_and_high_t():
+    high = ObjectiveConfig(logit_mean=1.0, logit_std=1.2)
+    plain = sample_timesteps(40000, high, _g())
+    torch.testing.assert_close(plain, sample_timesteps(40000, dataclasses.replace(high, uniform_share=0.0), _g()))
+    mixed = sample_timesteps(40000, dataclasses.replace(high, uniform_share=0.3), _g())
+    torch.testing.assert_close(mixed, sample_timesteps(40000, dataclasses.replace(high, uniform_share=0.3), _g()))
+    # P(t < 0.1) = 0.3 * 0.1 + 0.7 * P_logit-normal(t < 0.1) (0.4%): 3.3% against 0.4%
+    assert float((plain < 0.1).float().mean()) == pytest.approx(0.004, abs=0.002)
+    assert float((mixed < 0.1).float().mean()) == pytest.approx(0.3 * 0.1 + 0.7 * 0.004, abs=0.004)
+    assert float(sample_timesteps(40000, dataclasses.replace(high, uniform_share=1.0), _g()).mean()) == pytest.approx(
+        0.5, abs=0.01
+    )
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="uniform_share"):
+            ObjectiveConfig(uniform_share=bad)
 
 
 def test_blur_is_per_sample_and_preserves_constants():
