@@ -1,5 +1,6 @@
 """The small-model study scripts: ablate_small_model.py (T2I ablations through the real trainer),
-text_sensitivity.py (which caption words a model reads), completion_by_noise.py and diagnose_small_model.py."""
+text_sensitivity.py (which caption words a model reads), attribute_binding.py (where they land), completion_by_noise.py
+and diagnose_small_model.py."""
 
 from __future__ import annotations
 
@@ -148,3 +149,29 @@ def test_diagnose_prints_the_loss_table_with_the_i2v_columns(toy_reproduction, c
     i2v = script["velocity"](model, xt, 0.9, text, first=first)
     assert t2v.shape == i2v.shape == xt.shape and (i2v - t2v).abs().max() > 1e-3
     assert not torch.equal(i2v, script["velocity"](model, xt, 0.9, text, first=(first[0], None)))  # SigLIP used
+
+
+def test_attribute_binding_swaps_one_objects_word_and_measures_where_it_lands(toy_reproduction, capsys):
+    probe = runpy.run_path(str(SCRIPT.with_name("attribute_binding.py")))
+    from motif_video.procedural.captions import caption
+
+    specs = probe["two_object_scenes"](3, 0)
+    assert all(len(s.objects) == 2 and s.direction == "still" for s in specs)
+    spec = specs[0]
+    for attribute in ("color", "shape", "size"):
+        for i in range(2):
+            new = probe["changed"](spec, i, attribute)
+            assert getattr(new.objects[i], attribute) != getattr(spec.objects[i], attribute)
+            assert new.objects[1 - i] == spec.objects[1 - i] and caption(new) != caption(spec)
+    if spec.objects[0].color != spec.objects[1].color:  # a value neither object has
+        assert probe["changed"](spec, 0, "color").objects[0].color != spec.objects[1].color
+    boxes = probe["object_boxes"](spec, 64, 64, (8, 8))
+    assert [b.shape for b in boxes] == [(8, 8), (8, 8)] and all(b.any() for b in boxes)
+    assert not (boxes[0] & boxes[1]).all()  # two objects, two places
+    assert probe["main"](["--model", str(toy_reproduction[1]), "--scenes", "2", "--t", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert "| swapped | t = 0.9: own / other (ratio) |" in printed
+    assert all(f"| {a} | " in printed for a in ("color", "shape", "size"))
+    with pytest.raises(SystemExit):
+        probe["main"](["--model", str(toy_reproduction[1]), "--t", "1.5"])
+    assert "every --t in (0, 1]" in capsys.readouterr().err
