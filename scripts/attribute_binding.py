@@ -26,12 +26,13 @@ import torch
 ATTRIBUTES = ("color", "shape", "size")
 
 
-def two_object_scenes(count: int, seed: int) -> list:
-    """`count` still two-object scenes of the training distribution."""
+def two_object_scenes(count: int, seed: int, num_frames: int = 17, height: int = 64, width: int = 64) -> list:
+    """`count` still two-object scenes of the training distribution that fit (num_frames, height, width)."""
     from motif_video.procedural.scene import sample_scene
 
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split="any", two_object_prob=1.0, still_prob=1.0) for _ in range(count)]
+    size = dict(num_frames=num_frames, height=height, width=width)
+    return [sample_scene(rng, split="any", two_object_prob=1.0, still_prob=1.0, **size) for _ in range(count)]
 
 
 def changed(spec, index: int, attribute: str):
@@ -81,8 +82,8 @@ def binding(pipe, specs: list, ts: tuple[float, ...], seed: int = 0) -> dict[str
         boxes = object_boxes(spec, d.height, d.width, tuple(x0.shape[-2:]))
         variants = [(a, i) for a in ATTRIBUTES for i in range(2)]
         regions = [(boxes[i], boxes[1 - i] & ~boxes[i]) for _, i in variants]  # (own, other) per variant
-        for a, i in variants:
-            counts[a] += bool(regions[2 * ATTRIBUTES.index(a) + i][1].any())
+        for (a, _), (_, other) in zip(variants, regions):
+            counts[a] += bool(other.any())  # boxes that overlap entirely leave no "other" pixels
         texts = [caption(spec)] + [caption(changed(spec, i, a)) for a, i in variants]
         embeds, mask = encode_text(pipe.tokenizer, pipe.text_encoder, texts, 512, device, dtype)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + k)).to(device, dtype)
@@ -98,7 +99,7 @@ def binding(pipe, specs: list, ts: tuple[float, ...], seed: int = 0) -> dict[str
             x0_hat = xt.float() - t * v
             for j, ((a, _), (own, other)) in enumerate(zip(variants, regions), start=1):
                 change = (x0_hat[j] - x0_hat[0]).pow(2).mean(0).sqrt()  # (F, h, w)
-                if other.any():  # boxes that overlap entirely leave no "other" pixels
+                if other.any():
                     sums[a][t] += [change[:, own].mean().item(), change[:, other].mean().item()]
     return {a: {t: tuple(sums[a][t] / max(counts[a], 1)) for t in ts} for a in ATTRIBUTES}
 
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     from motif_video import MotifVideoPipeline
 
     pipe = MotifVideoPipeline.from_pretrained(args.model)
-    specs = two_object_scenes(args.scenes, args.seed)
+    d = pipe.defaults
+    specs = two_object_scenes(args.scenes, args.seed, d.num_frames, d.height, d.width)
     print(format_table(binding(pipe, specs, tuple(args.t), args.seed), args.scenes))
     return 0
 
