@@ -87,11 +87,12 @@ def binding(pipe, specs: list, ts: tuple[float, ...], seed: int = 0) -> dict[str
         texts = [caption(spec)] + [caption(changed(spec, i, a)) for a, i in variants]
         embeds, mask = encode_text(pipe.tokenizer, pipe.text_encoder, texts, 512, device, dtype)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + k)).to(device, dtype)
-        extra = torch.zeros(len(texts), pipe.transformer.config.in_channels - x0.shape[1], *x0.shape[2:])
+        extra = torch.zeros(len(texts), pipe.transformer.config.in_channels - x0.shape[1], *x0.shape[2:],
+                            device=device, dtype=dtype)  # T2V: no first-frame condition  # fmt: skip
         for t in ts:
             xt = ((1 - t) * x0 + t * noise).expand(len(texts), -1, -1, -1, -1)
             v = pipe.transformer(
-                hidden_states=torch.cat([xt, extra.to(device, dtype)], 1),
+                hidden_states=torch.cat([xt, extra], 1),
                 timestep=torch.full((len(texts),), to_model_timestep(t), device=device),
                 encoder_hidden_states=embeds,
                 encoder_attention_mask=mask,
