@@ -20,14 +20,17 @@ the frozen text encoder, VAE and scheduler (and, with `--from-release`, the star
   and is scored on T2V. Words a model learns late (shape, direction, speed) only show after the early ones
   (background, colour, size), which a short run from scratch never reaches.
 
-A variant is `name[:key=value;key=value...]`, each value a Python literal. `lr`, `batch` and `steps` set the
-stage; an `ObjectiveConfig` field (noise_correlation, temporal_difference_weight, shift, ...) changes the objective;
-any other key is a `MotifVideoConfig` field (`ModelSource.overrides`; not with `--from-release`, which keeps the
-release's architecture). All variants use seed 0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/,
-release/, eval/) and resumes there, so a finished variant is only re-scored. The table printed at the end (also
-`<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of steps, and the attributes correct on
-held-out and train prompts (the release's sampling defaults unless `--guidance-scale`). Strong guidance (the
-release's APG 8) lowers the scores of undertrained variants; compare at one setting.
+A variant is `name[:key=value;key=value...]`, each value a Python literal. `lr`, `batch` and `steps` set the stage;
+`train_text_encoder=True` (with `--from-release`) trains the release's text encoder with the transformer,
+`text_layers_added=N` first appends N identity full-attention layers to it (`training.text_tuning`), and the
+variant's release gets the tuned encoder; an `ObjectiveConfig` field (noise_correlation, temporal_difference_weight,
+shift, ...) changes the objective; any other key is a `MotifVideoConfig` field (`ModelSource.overrides`; not with
+`--from-release`, which keeps the release's architecture). All variants use seed 0 and EMA 0.999. Each writes
+`<out>/<name>/` (run/, transformer/, release/, eval/) and resumes there, so a finished variant is only re-scored.
+The table printed at the end (also `<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of
+steps, and the attributes correct on held-out and train prompts (the release's sampling defaults unless
+`--guidance-scale`). Strong guidance (the release's APG 8) lowers the scores of undertrained variants; compare at
+one setting.
 """
 
 from __future__ import annotations
@@ -49,8 +52,10 @@ from motif_video.training.objective import ObjectiveConfig
 from motif_video.training.parallel import ParallelConfig
 from motif_video.training.recipe import ModelSource, Recipe, Source, Stage, recipe_from_dict
 from motif_video.training.run import final_checkpoint, resume_step, run_recipe
+from motif_video.training.text_tuning import export_text_encoder, load_text_encoder
 
 STAGE_KEYS = ("lr", "batch", "steps")
+TEXT_KEYS = ("train_text_encoder", "text_layers_added")  # training.text_tuning: tune the release's text encoder
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -75,7 +80,8 @@ def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     import dataclasses
 
     objective_fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k not in STAGE_KEYS}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
+              if k not in STAGE_KEYS + TEXT_KEYS}  # fmt: skip
     objective = {k: v for k, v in values.items() if k in objective_fields}
     return objective, {k: v for k, v in values.items() if k not in objective}
 
@@ -92,6 +98,9 @@ def check_variant(name: str, values: dict[str, Any], from_release: bool = False)
         raise ValueError(f"variant {name!r}: unknown key(s) {unknown}; use {', '.join(STAGE_KEYS)}, an ObjectiveConfig "
                          "field (temporal_difference_weight, noise_correlation, ...) or a MotifVideoConfig field "
                          "(patch_size, rope_theta, attention_head_dim, ...)")  # fmt: skip
+    if any(k in values for k in TEXT_KEYS) and not from_release:
+        raise ValueError(f"variant {name!r}: {[k for k in TEXT_KEYS if k in values]} tune the release's text "
+                         "encoder: add --from-release")  # fmt: skip
     if from_release and model:
         raise ValueError(f"variant {name!r}: {sorted(model)} change the architecture; a --from-release fine-tune "
                          "keeps the release's transformer (drop --from-release to train from scratch)")  # fmt: skip
@@ -118,6 +127,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
 
     objective, model = _split(values)
     steps = int(values.get("steps", steps))
+    text: dict[str, Any] = {}
     if from_release:
         last = reproduction_recipe(work).stages[-1]
         saved_batch = last.sources["video"].batch_size if "video" in last.sources else None
@@ -125,8 +135,11 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
         videos = Source(str(work / "shards" / "videos"), batch_size=int(values.get("batch", batch or default_batch)),
                         shuffle_window=2048)  # fmt: skip
         stage = Stage("videos", steps, {"video": videos}, lr=float(values.get("lr", lr or last.lr)), warmup_steps=50,
-                      route=None, objective=dataclasses.replace(last.objective, **objective))  # fmt: skip
+                      route=None, objective=dataclasses.replace(last.objective, **objective),
+                      train_text_encoder=bool(values.get("train_text_encoder", False)))  # fmt: skip
         source = ModelSource(pretrained=str(work / "release"))
+        if any(k in values for k in TEXT_KEYS):
+            text = dict(text_encoder=str(work / "release"), text_layers_added=int(values.get("text_layers_added", 0)))
     else:
         images = Source(str(work / "shards" / "images"), batch_size=int(values.get("batch", batch or 32)),
                         shuffle_window=2048)  # fmt: skip
@@ -143,6 +156,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
         ema_decay=0.999,
         parallel=ParallelConfig(param_dtype="float32", activation_checkpointing=False),
         tensorboard=False,
+        **text,
     )
 
 
@@ -166,6 +180,9 @@ def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: 
         shutil.copytree(work / "release", release, ignore=shutil.ignore_patterns("transformer"))
     # always re-exported (a few MB): a variant rerun with more --steps lengthens its run
     export_transformer(final_checkpoint(recipe, run), folder / "transformer", use_ema=True)
+    if recipe.text_encoder is not None:  # the tuned encoder replaces the release's copy
+        encoder, _ = load_text_encoder(recipe.text_encoder, recipe.text_layers_added)
+        export_text_encoder(encoder, final_checkpoint(recipe, run), release / "text_encoder", use_ema=True)
     stage = recipe.stages[0]
     finish_release(release, folder / "transformer", defaults={"noise_correlation": stage.objective.noise_correlation})
     mode = "t2v" if args.from_release else "t2i"

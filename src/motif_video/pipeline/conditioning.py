@@ -24,15 +24,9 @@ logger = logging.getLogger(__name__)
 ImageInput = Any  # PIL image, path, (C, H, W) / (H, W, C) tensor or array in [0, 1]
 
 
-def encode_text(
-    tokenizer: Any,
-    text_encoder: torch.nn.Module,
-    prompts: list[str],
-    max_sequence_length: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompts -> (embeds (B, L, D) in `dtype` on `device`, mask (B, L) bool); L = longest prompt's tokens."""
+def tokenize_prompts(tokenizer: Any, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompts -> (input_ids (B, L), attention_mask (B, L) bool), L = longest prompt's tokens; longer prompts are
+    truncated to `max_sequence_length` with a warning. Training with a tuned text encoder tokenizes the same way."""
     tokens = tokenizer(
         prompts,
         padding="longest",
@@ -46,14 +40,24 @@ def encode_text(
     for prompt, ids in zip(prompts, untruncated):
         if len(ids) > max_sequence_length:
             logger.warning("prompt truncated to %d of its %d tokens: %.60s...", max_sequence_length, len(ids), prompt)
+    return tokens["input_ids"], tokens["attention_mask"].bool()
+
+
+def encode_text(
+    tokenizer: Any,
+    text_encoder: torch.nn.Module,
+    prompts: list[str],
+    max_sequence_length: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompts -> (embeds (B, L, D) in `dtype` on `device`, mask (B, L) bool); L = longest prompt's tokens."""
+    ids, mask = tokenize_prompts(tokenizer, prompts, max_sequence_length)
     encoder_device = _module_device(text_encoder)
     with torch.no_grad():
-        out = text_encoder(
-            input_ids=tokens["input_ids"].to(encoder_device),
-            attention_mask=tokens["attention_mask"].to(encoder_device),
-        )
+        out = text_encoder(input_ids=ids.to(encoder_device), attention_mask=mask.long().to(encoder_device))
     hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-    return hidden.to(device=device, dtype=dtype), tokens["attention_mask"].to(device=device, dtype=torch.bool)
+    return hidden.to(device=device, dtype=dtype), mask.to(device=device)
 
 
 def pad_text(embeds: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -173,6 +173,11 @@ def draw_i2v(is_video: torch.Tensor, config: ObjectiveConfig, generator: torch.G
     return draw.to(is_video.device) & is_video.bool()
 
 
+def draw_prompt_drop(batch: int, config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:
+    """(B,) bool: which samples lose their prompt (probability prompt_dropout); one draw per sample."""
+    return torch.rand(batch, generator=generator, device=generator.device) < config.prompt_dropout
+
+
 def drop_prompts(
     text: torch.Tensor,
     mask: torch.Tensor,
@@ -186,7 +191,7 @@ def drop_prompts(
     text: (B, L, D), mask: (B, L); null_text: (L0, D), null_mask: (L0,) -> padded to max(L, L0).
     """
     b, length, _ = text.shape
-    drop = (torch.rand(b, generator=generator, device=generator.device) < config.prompt_dropout).to(text.device)
+    drop = draw_prompt_drop(b, config, generator).to(text.device)
     if not bool(drop.any()):
         return text, mask
     total = max(length, null_text.shape[0])

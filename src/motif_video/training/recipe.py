@@ -85,6 +85,7 @@ class Stage:
     repa: REPAConfig | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     insert_cross_attention: bool = False  # insert Shared Cross-Attention (zero-init output) at the stage start
+    train_text_encoder: bool = False  # train the recipe's text encoder's text half too (needs Recipe.text_encoder)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interleave", tuple(self.interleave) or tuple(sorted(self.sources)))
@@ -114,6 +115,9 @@ class Recipe:
     tensorboard: bool = True
     wandb: str | None = None  # a wandb project name turns wandb logging on
     lora: dict[str, Any] | None = None  # training.lora.LoRAConfig fields: train LoRA adapters only
+    # training.text_tuning: a release (or text_encoder/) folder whose encoder encodes every caption in the step
+    text_encoder: str | None = None
+    text_layers_added: int = 0  # full-attention layers appended to that encoder, identity at the start
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -125,6 +129,13 @@ class Recipe:
             raise ValueError(f"stage names must be unique, got {names}")
         if sum(s.insert_cross_attention for s in self.stages) > 1:
             raise ValueError("Shared Cross-Attention can be inserted in one stage only")
+        tuned = [s.name for s in self.stages if s.train_text_encoder]
+        if tuned and self.text_encoder is None:
+            raise ValueError(f"stage(s) {tuned} train the text encoder: set text_encoder to a release folder")
+        if self.text_layers_added and self.text_encoder is None:
+            raise ValueError("text_layers_added grows the recipe's text_encoder: set text_encoder too")
+        if self.text_layers_added < 0:
+            raise ValueError(f"text_layers_added must be >= 0, got {self.text_layers_added}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -212,7 +223,8 @@ def _resolve_paths(recipe: Recipe, root: Path) -> Recipe:
     )
     model = recipe.model
     model = dataclasses.replace(model, config=fix(model.config), pretrained=fix(model.pretrained))
-    return dataclasses.replace(recipe, stages=stages, model=model, vae=fix(recipe.vae), null_text=fix(recipe.null_text))
+    return dataclasses.replace(recipe, stages=stages, model=model, vae=fix(recipe.vae), null_text=fix(recipe.null_text),
+                               text_encoder=fix(recipe.text_encoder))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- presets

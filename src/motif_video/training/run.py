@@ -14,6 +14,10 @@ set); a stage that inserts Shared Cross-Attention does it after loading and befo
 REPA projector is carried over when the next stage's teacher has the same width, else made fresh. The per-rank
 generator is seeded from (recipe seed + stage index, rank), and each source's reader from the same seed.
 
+A recipe with a `text_encoder` (`text_tuning.py`) encodes every caption inside the step; stages with
+`train_text_encoder` train its text half (under EMA like the rest), and a later stage that freezes it starts from
+the previous stage's EMA of it.
+
 Resume: stages whose final checkpoint exists are skipped; the stage in progress continues from its latest
 complete checkpoint bit-exactly (`trainer.train`); a stage that has none starts from the previous stage's end.
 """
@@ -40,6 +44,7 @@ from motif_video.training.interleave import InterleavedBatches
 from motif_video.training.parallel import is_distributed, parallelize, world
 from motif_video.training.recipe import SYNTHETIC, Recipe, Source, Stage, recipe_from_dict
 from motif_video.training.repa import REPAProjector
+from motif_video.training.text_tuning import TEXT_PREFIX, load_text_encoder, set_text_trainable
 from motif_video.training.train_module import TrainModule, unwrap
 from motif_video.training.trainer import TrainConfig, train
 
@@ -224,7 +229,11 @@ def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device
         from motif_video.training.lora import LoRAConfig, add_lora
 
         add_lora(transformer, LoRAConfig(**recipe.lora))
-    model = TrainModule(transformer, projector)
+    text_encoder = tokenizer = None
+    if recipe.text_encoder is not None:
+        text_encoder, tokenizer = load_text_encoder(recipe.text_encoder, recipe.text_layers_added)
+        set_text_trainable(text_encoder, stage.train_text_encoder)
+    model = TrainModule(transformer, projector, text_encoder, tokenizer)
     ema_init = None
     own = latest_checkpoint(stage_dir(run_dir, index, stage) / "checkpoints")
     if own is None and index > 0:
@@ -233,12 +242,23 @@ def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device
             raise ValueError(f"stage {stage.name!r} needs the end of stage {recipe.stages[index - 1].name!r} first")
         ema_init, fresh = load_weights(previous, model, ema=recipe.ema_decay is not None)
         logger.info("stage %s starts from %s (%d fresh tensors)", stage.name, previous, len(fresh))
+        if text_encoder is not None and not stage.train_text_encoder:
+            _freeze_at_ema(model, ema_init)
     if stage.insert_cross_attention:
         g = torch.Generator().manual_seed(recipe.seed + index)
         insert_shared_cross_attention(transformer, generator=g)
     model.to(device)
     parallelize(model, recipe.parallel, device.type)
     return model, ema_init
+
+
+@torch.no_grad()
+def _freeze_at_ema(model: TrainModule, ema: dict[str, torch.Tensor] | None) -> None:
+    """A stage that keeps the text encoder frozen uses the previous stage's EMA of it (what a release ships)."""
+    params = dict(model.named_parameters())
+    for name, value in (ema or {}).items():
+        if name.startswith(TEXT_PREFIX):
+            params[name].copy_(value)
 
 
 def _projector(

@@ -5,7 +5,12 @@ REPA (sihyun-yu/REPA) keeps the projector with the model and RETURNS the tapped 
 velocity, so under FSDP2 the projector is one more parameter of the root module (sharded, reduced and
 checkpointed with everything else) and no hook fires twice under activation recomputation.
 
-State-dict keys: `transformer.*` and `repa_projector.*`. `export.py` writes only the transformer.
+With a tuned text encoder (`training.text_tuning`) the module also holds the T5Gemma2 encoder and its tokenizer:
+`forward(prompt_ids=..., prompt_mask=...)` encodes the captions inside the step, so the encoder is trained,
+sharded and checkpointed with the transformer.
+
+State-dict keys: `transformer.*`, `repa_projector.*` and `text_encoder.*`. `export.py` writes only the transformer;
+`text_tuning.export_text_encoder` the text encoder.
 """
 
 from __future__ import annotations
@@ -21,10 +26,30 @@ from motif_video.models.config import MotifVideoConfig
 class TrainModule(nn.Module):
     """transformer + optional REPA projector; `blocks`, `config` and checkpointing switches delegate."""
 
-    def __init__(self, transformer: nn.Module, repa_projector: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        transformer: nn.Module,
+        repa_projector: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        tokenizer: Any = None,
+        max_sequence_length: int = 512,
+    ) -> None:
         super().__init__()
+        if (text_encoder is None) != (tokenizer is None):
+            raise ValueError("a TrainModule's text encoder needs its tokenizer (and the reverse)")
         self.transformer = transformer
         self.repa_projector = repa_projector
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.max_sequence_length = max_sequence_length
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (input_ids (B, L), mask (B, L) bool), as the pipeline tokenizes them."""
+        from motif_video.pipeline.conditioning import tokenize_prompts
+
+        if self.tokenizer is None:
+            raise ValueError("this TrainModule has no text encoder: its batches carry encoded text")
+        return tokenize_prompts(self.tokenizer, prompts, self.max_sequence_length)
 
     @property
     def config(self) -> MotifVideoConfig:
@@ -40,10 +65,25 @@ class TrainModule(nn.Module):
     def disable_gradient_checkpointing(self) -> None:
         self.transformer.disable_gradient_checkpointing()
 
-    def forward(self, *, repa_block: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """-> (velocity (B, C, F, H, W), projected REPA features (B, N or K, D_teacher) or None)."""
+    def forward(
+        self,
+        *,
+        repa_block: int | None = None,
+        prompt_ids: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (velocity (B, C, F, H, W), projected REPA features (B, N or K, D_teacher) or None).
+
+        prompt_ids / prompt_mask (B, L): tokenized captions, encoded here by the text encoder (instead of
+        `encoder_hidden_states` / `encoder_attention_mask`)."""
         if repa_block is not None and self.repa_projector is None:
             raise ValueError("REPA is on but this TrainModule has no repa_projector")
+        if prompt_ids is not None:
+            if self.text_encoder is None:
+                raise ValueError("prompt_ids given but this TrainModule has no text encoder")
+            states = self.text_encoder(input_ids=prompt_ids, attention_mask=prompt_mask.long()).last_hidden_state
+            kwargs.update(encoder_hidden_states=states, encoder_attention_mask=prompt_mask.bool())
         out = self.transformer(repa_block=repa_block, **kwargs)
         features = out.repa_features
         if features is not None:

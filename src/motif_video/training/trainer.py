@@ -10,6 +10,7 @@ position are saved with every checkpoint, so a run killed at any point and resum
 continues from its last COMPLETE checkpoint and ends bit-identical to an uninterrupted run.
 
 A batch is a dict (or a `data.shard_reader.Batch`): latents (B, 16, F', h, w); text (B, L, D); text_mask (B, L);
+captions (B strings; read instead of text when the model tunes its text encoder, `training.text_tuning`);
 optional first_frame (B, 16, 1, h, w), image_tokens (B, L_img, D_img) + image_tokens_mask (B, L_img) (SigLIP
 tokens of the first frame, given to the I2V samples of the batch only) and teacher (B, N, D_t) (REPA targets on the
 latent token grid, `feature_source="shards"`). The reader is any iterator of batches with `state_dict()` /
@@ -43,6 +44,7 @@ from motif_video.training.objective import (
     difference_loss,
     draw_i2v,
     draw_noise,
+    draw_prompt_drop,
     drop_prompts,
     flow_loss,
     interpolate,
@@ -286,7 +288,7 @@ def training_step(
     obj = config.objective
     if not isinstance(batch, dict):  # a data.shard_reader.Batch
         names = ("latents", "text", "text_mask", "first_frame", "image_tokens", "image_tokens_mask", "teacher")
-        batch = {k: getattr(batch, k, None) for k in names}
+        batch = {k: getattr(batch, k, None) for k in names} | {"captions": [m.caption for m in batch.meta]}
     x0 = batch["latents"].to(device=device, dtype=torch.float32)
     b, _, frames, h, w = x0.shape
     t = sample_timesteps(b, obj, generator)
@@ -296,9 +298,16 @@ def training_step(
     i2v = draw_i2v(is_video, obj, generator)
     first = batch.get("first_frame")
     cond = condition_channels(first, tuple(x0.shape), i2v.to(device), t.to(device), obj)
-    text, mask = drop_prompts(
-        batch["text"].float(), batch["text_mask"].bool(), null_text[0], null_text[1], obj, generator
-    )
+    tuned_text = getattr(model, "text_encoder", None) is not None
+    if tuned_text:  # the model encodes the captions itself (training.text_tuning); a dropped prompt is ""
+        if batch.get("captions") is None:
+            raise ValueError("the model tunes its text encoder, so batches need 'captions' (shards' SampleMeta)")
+        drop = draw_prompt_drop(b, obj, generator).tolist()
+        ids, mask = model.tokenize(["" if d else c for c, d in zip(batch["captions"], drop)])
+    else:
+        text, mask = drop_prompts(
+            batch["text"].float(), batch["text_mask"].bool(), null_text[0], null_text[1], obj, generator
+        )
     cfg = model.config
     num_tokens = (frames // cfg.patch_size_t) * (h // cfg.patch_size) * (w // cfg.patch_size)
     route = None
@@ -310,10 +319,12 @@ def training_step(
     kwargs: dict[str, Any] = dict(
         hidden_states=torch.cat([xt, cond], dim=1),
         timestep=to_model_timestep(t.to(device)),
-        encoder_hidden_states=text.to(device),
-        encoder_attention_mask=mask.to(device),
         route=route,
     )
+    if tuned_text:
+        kwargs.update(prompt_ids=ids.to(device), prompt_mask=mask.to(device))
+    else:
+        kwargs.update(encoder_hidden_states=text.to(device), encoder_attention_mask=mask.to(device))
     image_tokens = batch.get("image_tokens")
     if image_tokens is not None and cfg.image_embed_dim is not None and bool(i2v.any()):
         # SigLIP tokens of the first frame condition the I2V samples only; T2V samples see none (masked out).
