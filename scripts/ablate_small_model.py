@@ -22,15 +22,15 @@ the frozen text encoder, VAE and scheduler (and, with `--from-release`, the star
 
 A variant is `name[:key=value;key=value...]`, each value a Python literal. `lr`, `batch` and `steps` set the stage;
 `train_text_encoder=True` (with `--from-release`) trains the release's text encoder with the transformer,
-`text_layers_added=N` first appends N identity full-attention layers to it (`training.text_tuning`), and the
-variant's release gets the tuned encoder; an `ObjectiveConfig` field (noise_correlation, temporal_difference_weight,
-shift, ...) changes the objective; any other key is a `MotifVideoConfig` field (`ModelSource.overrides`; not with
-`--from-release`, which keeps the release's architecture). All variants use seed 0 and EMA 0.999. Each writes
-`<out>/<name>/` (run/, transformer/, release/, eval/) and resumes there, so a finished variant is only re-scored.
-The table printed at the end (also `<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of
-steps, and the attributes correct on held-out and train prompts (the release's sampling defaults unless
-`--guidance-scale`). Strong guidance (the release's APG 8) lowers the scores of undertrained variants; compare at
-one setting.
+`text_layers_added=N` first appends N identity full-attention layers to it (`training.text_tuning`), `text_lr` is
+its lr, and the variant's release gets the tuned encoder; an `ObjectiveConfig` field (noise_correlation,
+temporal_difference_weight, shift, ...) changes the objective; any other key is a `MotifVideoConfig` field
+(`ModelSource.overrides`; not with `--from-release`, which keeps the release's architecture). All variants use seed
+0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/, release/, eval/) and resumes there, so a finished
+variant is only re-scored. The table printed at the end (also `<out>/ablation.md`): rows = variants; the mean flow
+loss of the last 10% of steps, and the attributes correct on held-out and train prompts (the release's sampling
+defaults unless `--guidance-scale`). Strong guidance (the release's APG 8) lowers the scores of undertrained
+variants; compare at one setting.
 """
 
 from __future__ import annotations
@@ -55,7 +55,11 @@ from motif_video.training.run import final_checkpoint, resume_step, run_recipe
 from motif_video.training.text_tuning import export_text_encoder, load_text_encoder
 
 STAGE_KEYS = ("lr", "batch", "steps")
-TEXT_KEYS = ("train_text_encoder", "text_layers_added")  # training.text_tuning: tune the release's text encoder
+TEXT_KEYS = (
+    "train_text_encoder",
+    "text_layers_added",
+    "text_lr",
+)  # training.text_tuning: tune the release's text encoder
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -136,7 +140,8 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
                         shuffle_window=2048)  # fmt: skip
         stage = Stage("videos", steps, {"video": videos}, lr=float(values.get("lr", lr or last.lr)), warmup_steps=50,
                       route=None, objective=dataclasses.replace(last.objective, **objective),
-                      train_text_encoder=bool(values.get("train_text_encoder", False)))  # fmt: skip
+                      train_text_encoder=bool(values.get("train_text_encoder", False)),
+                      text_lr=values.get("text_lr"))  # fmt: skip
         source = ModelSource(pretrained=str(work / "release"))
         if any(k in values for k in TEXT_KEYS):
             text = dict(text_encoder=str(work / "release"), text_layers_added=int(values.get("text_layers_added", 0)))

@@ -11,7 +11,12 @@ import torch
 from motif_video.pipeline.tiny import save_tiny_release
 from motif_video.training.recipe import Recipe, get_recipe_preset, recipe_from_dict
 from motif_video.training.run import final_checkpoint, run_recipe, stage_final
-from motif_video.training.text_tuning import export_text_encoder, grow_text_encoder, load_text_encoder
+from motif_video.training.text_tuning import (
+    export_text_encoder,
+    grow_text_encoder,
+    load_text_encoder,
+    set_text_trainable,
+)
 from motif_video.training.train_module import TrainModule
 from motif_video.training.trainer import TrainConfig, training_step
 
@@ -138,3 +143,23 @@ def test_recipe_errors_for_text_tuning(extra, match):
     data = {"model": {"preset": "tiny"}, "stages": [{"name": "a", "steps": 1, "sources": {"x": {"path": "p"}}}]}
     with pytest.raises(ValueError, match=match):
         recipe_from_dict({**data, **extra})
+
+
+def test_text_lr_gives_the_text_encoder_its_own_group(release):
+    from motif_video.models.config import get_preset
+    from motif_video.models.transformer import MotifVideoTransformer
+    from motif_video.training.trainer import _param_groups
+
+    encoder, tokenizer = load_text_encoder(release)
+    set_text_trainable(encoder, True)
+    model = TrainModule(MotifVideoTransformer(get_preset("tiny")), None, encoder, tokenizer)
+    assert len(_param_groups(model, TrainConfig(steps=1, lr=1e-4))) == 1
+    rest, text = _param_groups(model, TrainConfig(steps=1, lr=1e-4, text_lr=1e-2))
+    assert text["lr"] == 1e-2 and "lr" not in rest
+    assert {id(p) for p in text["params"]} == {id(p) for p in encoder.text_model.parameters()}
+    encoder.requires_grad_(False)
+    with pytest.raises(ValueError, match="trains no text encoder"):
+        _param_groups(model, TrainConfig(steps=1, text_lr=1e-2))
+    with pytest.raises(ValueError, match="text_lr is the tuned text encoder's lr"):
+        stage = {"name": "a", "steps": 1, "sources": {"x": {"path": "p"}}, "text_lr": 1e-3}
+        recipe_from_dict({"model": {"preset": "tiny"}, "text_encoder": "rel", "stages": [stage]})

@@ -86,6 +86,7 @@ class Stage:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     insert_cross_attention: bool = False  # insert Shared Cross-Attention (zero-init output) at the stage start
     train_text_encoder: bool = False  # train the recipe's text encoder's text half too (needs Recipe.text_encoder)
+    text_lr: float | None = None  # its lr (with the same warmup); None: the stage's lr
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interleave", tuple(self.interleave) or tuple(sorted(self.sources)))
@@ -95,6 +96,8 @@ class Stage:
             raise ValueError(f"stage {self.name!r} has no data sources")
         if not self.name or "/" in self.name:
             raise ValueError(f"stage name {self.name!r} must be non-empty and contain no '/'")
+        if self.text_lr is not None and not self.train_text_encoder:
+            raise ValueError(f"stage {self.name!r}: text_lr is the tuned text encoder's lr: set train_text_encoder")
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,7 @@ def _train_config(recipe: Recipe, index: int, stage: Stage) -> TrainConfig:
         route=stage.route,
         objective=stage.objective,
         repa=stage.repa if stage.repa is not None and stage.repa.enabled else None,
+        text_lr=stage.text_lr,
     )
 
 

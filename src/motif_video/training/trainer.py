@@ -81,6 +81,7 @@ class TrainConfig:
     route: RouteConfig | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     repa: REPAConfig | None = None
+    text_lr: float | None = None  # lr of a tuned text encoder's weights (`text_tuning`); None: `lr`
 
 
 class Batches(Iterator[dict]):
@@ -160,7 +161,7 @@ def train(
     if not trainable:
         raise ValueError("the model has no trainable parameters (requires_grad is False everywhere)")
     optimizer = torch.optim.AdamW(
-        trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=False
+        _param_groups(model, config), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=False
     )
     init_optimizer_state(model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(config.warmup_steps))
@@ -225,6 +226,18 @@ def train(
                 checkpoints, step, model, optimizer, ema, trainer_state, rank_state, keep=config.keep_checkpoints
             )
     return logs
+
+
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """One AdamW group, or two when `text_lr` gives the tuned text encoder (`text_encoder.*`) its own lr."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if config.text_lr is None:
+        return [{"params": [p for _, p in named]}]
+    text = [p for n, p in named if n.startswith("text_encoder.")]
+    if not text:
+        raise ValueError("text_lr is set but the model trains no text encoder (no trainable text_encoder.* weights)")
+    rest = [p for n, p in named if not n.startswith("text_encoder.")]
+    return [{"params": rest}, {"params": text, "lr": config.text_lr}]
 
 
 class _Window:
