@@ -152,8 +152,7 @@ def test_writes_schema_shards_and_counts_bad_files(world: dict) -> None:
         assert ("first_frame" in tensors) == (not meta.is_image) and "image_tokens" not in tensors
         if not meta.is_image:
             assert tensors["first_frame"].shape == (16, 1, height // 8, width // 8)
-            # Wan's causal VAE encodes frame 0 alone: the first latent frame is the first-frame latent
-            torch.testing.assert_close(tensors["first_frame"].float(), latents[:, :1].float(), atol=2e-2, rtol=2e-2)
+            assert torch.equal(tensors["first_frame"], latents[:, :1])  # see the VAE test below
             assert meta.fps == pytest.approx(8.0)
     assert samples["d"][0].extra["source_frames"] == 13 and samples["d"][0].extra["source_size"] == [40, 40]
 
@@ -170,6 +169,21 @@ def test_latents_decode_to_the_bucket_size(world: dict) -> None:
         with torch.no_grad():
             video = vae.decode(denormalize_latents(vae, tensors["latents"][None].float())).sample
         assert video.shape == (1, 3, *meta.bucket)
+
+
+@pytest.mark.parametrize("frames", [5, 17])
+def test_first_latent_frame_is_the_first_frame_encoded_alone(world: dict, frames: int) -> None:
+    """`prepare` stores latents[:, :1] as the I2V first-frame latent: exact because Wan's VAE is causal in time,
+    so the first latent frame of a clip is what the pipeline's `encode_first_frames` gives for its first frame."""
+    from diffusers import AutoencoderKLWan
+
+    from motif_video.pipeline.latents import encode_first_frames, normalize_latents
+
+    vae = AutoencoderKLWan.from_pretrained(str(world["release"] / "vae")).eval()
+    video = torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+    with torch.no_grad():
+        latents = normalize_latents(vae, vae.encode(video).latent_dist.mode())
+    assert torch.equal(encode_first_frames(vae, video[:, :, 0], None, sample=False), latents[:, :, :1])
 
 
 def test_caption_variants_deterministic_and_follow_probabilities(world: dict) -> None:

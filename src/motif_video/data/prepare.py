@@ -115,7 +115,7 @@ class SampleEncoder:
     def encode(self, clip: Clip, caption: str, is_image: bool, max_sequence_length: int) -> dict[str, torch.Tensor]:
         """-> latents (16, F', h, w), text (L, D), first_frame (16, 1, h, w) if a video, image_tokens (L_img, D_img)."""
         from motif_video.pipeline.conditioning import encode_text, siglip_tokens
-        from motif_video.pipeline.latents import encode_first_frames, normalize_latents
+        from motif_video.pipeline.latents import normalize_latents
 
         vae_dtype = next(self.vae.parameters()).dtype
         video = clip.pixels.permute(1, 0, 2, 3)[None].to(self.device, vae_dtype)  # (1, 3, F, H, W)
@@ -125,8 +125,9 @@ class SampleEncoder:
         )
         out = {"latents": latents, "text": embeds[0][mask[0]]}  # text: (L_valid, D)
         first = clip.pixels[:1]  # (1, 3, H, W) in [-1, 1]
-        if not is_image:
-            out["first_frame"] = encode_first_frames(self.vae, first, None, sample=False)[0]  # (16, 1, h, w)
+        if not is_image:  # (16, 1, h, w): Wan's VAE is causal in time, so its first latent frame IS the first
+            # frame's own encoding (what `encode_first_frames` gives the pipeline at I2V; tested bit-exact)
+            out["first_frame"] = latents[:, :1].clone()
         if self.image_tokens:
             out["image_tokens"] = siglip_tokens(self.vision_tower, self.feature_extractor, first, self.device)[0]
         if self.teacher is not None:
