@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from motif_video.small_model.reproduce import SmallModelPlan, reproduce, sampling_correlation, small_recipe
@@ -41,3 +42,10 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     assert [s.objective.shift for s in low_t] == [1.0, 1.0, 2.0, 2.0]  # the anneal and prior stages
     no_prior = SmallModelPlan(prior_steps=0)
     assert len(small_recipe(tmp_path, no_prior).stages) == 3 and sampling_correlation(no_prior) == 0.0
+    # the prior stage reads its own clips when there are any (the toy plan has 3), else the joint stage's videos
+    assert small_recipe(work, plan).stages[-1].sources["video"].path == str(work / "shards" / "prior-videos")
+    assert len((work / "data" / "prior-videos" / "manifest.jsonl").read_text().splitlines()) == plan.prior_videos
+    default_prior = small_recipe(tmp_path, SmallModelPlan()).stages[-1]
+    assert default_prior.sources["video"].path == str(tmp_path / "shards" / "videos")
+    with pytest.raises(ValueError, match="set prior_steps too"):
+        SmallModelPlan(prior_videos=10, prior_steps=0)
