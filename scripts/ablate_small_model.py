@@ -55,11 +55,8 @@ from motif_video.training.run import final_checkpoint, resume_step, run_recipe
 from motif_video.training.text_tuning import export_text_encoder, load_text_encoder
 
 STAGE_KEYS = ("lr", "batch", "steps")
-TEXT_KEYS = (
-    "train_text_encoder",
-    "text_layers_added",
-    "text_lr",
-)  # training.text_tuning: tune the release's text encoder
+# training.text_tuning: tune the release's text encoder (with --from-release)
+TEXT_KEYS = ("train_text_encoder", "text_layers_added", "text_lr")
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:

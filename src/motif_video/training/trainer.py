@@ -301,7 +301,8 @@ def training_step(
     obj = config.objective
     if not isinstance(batch, dict):  # a data.shard_reader.Batch
         names = ("latents", "text", "text_mask", "first_frame", "image_tokens", "image_tokens_mask", "teacher")
-        batch = {k: getattr(batch, k, None) for k in names} | {"captions": [m.caption for m in batch.meta]}
+        meta = getattr(batch, "meta", None)
+        batch = {k: getattr(batch, k, None) for k in names} | {"captions": meta and [m.caption for m in meta]}
     x0 = batch["latents"].to(device=device, dtype=torch.float32)
     b, _, frames, h, w = x0.shape
     t = sample_timesteps(b, obj, generator)
