@@ -54,8 +54,9 @@ class SmallModelPlan:
     noise_correlation: float = 0.9
     # Stage 4 on its own clips, mostly two-object scenes (0: it reuses stage 2-3's videos, 40% two-object). Binding
     # a word to its object is what two-object prompts lack; measured as a fine-tune of `runs/cen` on 3,000 such
-    # clips (`ablate_small_model.py --work runs/two`): held-out T2V 51.9% -> 55.0 / 56.0 / 57.2% after 2,000 /
-    # 4,000 / 6,000 steps, binding ratio (`attribute_binding.py`, colour, t = 0.95) 1.7 -> 2.2 / 2.5 / 2.7.
+    # clips (`ablate_small_model.py --work runs/two`): held-out T2V 51.9% -> 55.0 / 56.0 / 57.2 / 58.6% after
+    # 2,000 / 4,000 / 6,000 / 8,000 steps, binding ratio (`attribute_binding.py`, colour, t = 0.95) 1.7 -> 2.2 /
+    # 2.5 / 2.7 / 3.1.
     prior_videos: int = 0
     prior_two_object_prob: float = 0.85
     video_batch: int = 16
