@@ -163,3 +163,18 @@ def test_text_lr_gives_the_text_encoder_its_own_group(release):
     with pytest.raises(ValueError, match="text_lr is the tuned text encoder's lr"):
         stage = {"name": "a", "steps": 1, "sources": {"x": {"path": "p"}}, "text_lr": 1e-3}
         recipe_from_dict({"model": {"preset": "tiny"}, "text_encoder": "rel", "stages": [stage]})
+
+
+def test_tokenize_prompts_truncates_with_a_warning_only_when_needed(release, caplog):
+    from motif_video.pipeline.conditioning import tokenize_prompts
+
+    _, tokenizer = load_text_encoder(release)
+    full = len(tokenizer(PROMPTS[1])["input_ids"])
+    with caplog.at_level("WARNING", logger="motif_video.pipeline.conditioning"):
+        ids, mask = tokenize_prompts(tokenizer, PROMPTS[:2], full)
+        assert ids.shape == (2, full) and mask.dtype == torch.bool and not caplog.records
+        ids, _ = tokenize_prompts(tokenizer, PROMPTS[:2], full - 2)
+    assert ids.shape == (2, full - 2)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"prompt truncated to {full - 2} of its {full} tokens: {PROMPTS[1][:60]}..."
+    ]

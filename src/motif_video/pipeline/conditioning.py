@@ -36,10 +36,12 @@ def tokenize_prompts(tokenizer: Any, prompts: list[str], max_sequence_length: in
         return_attention_mask=True,
         return_tensors="pt",
     )
-    untruncated = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
-    for prompt, ids in zip(prompts, untruncated):
-        if len(ids) > max_sequence_length:
-            logger.warning("prompt truncated to %d of its %d tokens: %.60s...", max_sequence_length, len(ids), prompt)
+    if tokens["input_ids"].shape[1] >= max_sequence_length:  # only then can a prompt have been cut: count them
+        untruncated = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
+        for prompt, ids in zip(prompts, untruncated):
+            if len(ids) > max_sequence_length:
+                logger.warning("prompt truncated to %d of its %d tokens: %.60s...", max_sequence_length, len(ids),
+                               prompt)  # fmt: skip
     return tokens["input_ids"], tokens["attention_mask"].bool()
 
 
