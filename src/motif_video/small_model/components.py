@@ -29,7 +29,12 @@ from typing import Any
 
 from motif_video.pipeline import tiny
 from motif_video.pipeline.loading import DEFAULTS_KEY, INDEX, TRANSFORMER_CLASS
-from motif_video.small_model.text_encoder import SMALL_TEXT_ENCODER, build_small_text_encoder, text_dims
+from motif_video.small_model.text_encoder import (
+    PRETRAINED_TEXT_ENCODER,
+    SMALL_TEXT_ENCODER,
+    build_small_text_encoder,
+    text_dims,
+)
 from motif_video.small_model.vocab import build_small_tokenizer
 
 # What `motif-video generate` uses when the call does not say (GenerationDefaults fields). The shift is lower than
@@ -78,15 +83,30 @@ def load_trained_vae(vae_dir: str | Path) -> Any:
     return vae
 
 
-def build_components(vae_dir: str | Path, seed: int = 0) -> dict[str, Any]:
+def build_text_encoder(tokenizer: Any, seed: int = 0, pretrain_steps: int = 0) -> Any:
+    """The frozen text encoder: random (`SMALL_TEXT_ENCODER`) or, with pretrain_steps > 0, `PRETRAINED_TEXT_ENCODER`
+    pretrained on train-split captions for that many steps (`text_pretraining`)."""
+    if pretrain_steps < 0:
+        raise ValueError(f"pretrain_steps must be >= 0, got {pretrain_steps}")
+    if not pretrain_steps:
+        return build_small_text_encoder(seed)
+    from motif_video.small_model.text_pretraining import TextPretrainConfig, pretrain_text_encoder
+
+    encoder = build_small_text_encoder(seed, PRETRAINED_TEXT_ENCODER)
+    pretrain_text_encoder(encoder, tokenizer, seed, TextPretrainConfig(steps=pretrain_steps))
+    return encoder
+
+
+def build_components(vae_dir: str | Path, seed: int = 0, text_pretrain_steps: int = 0) -> dict[str, Any]:
     """Every component but the transformer, in memory (keys as the folder names)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import SiglipImageProcessor
 
     size = SMALL_TEXT_ENCODER.image_size
+    tokenizer = build_small_tokenizer()
     return dict(
-        tokenizer=build_small_tokenizer(),
-        text_encoder=build_small_text_encoder(seed),
+        tokenizer=tokenizer,
+        text_encoder=build_text_encoder(tokenizer, seed, text_pretrain_steps),
         vae=load_trained_vae(vae_dir),
         feature_extractor=SiglipImageProcessor(
             size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
@@ -96,12 +116,14 @@ def build_components(vae_dir: str | Path, seed: int = 0) -> dict[str, Any]:
     )
 
 
-def build_release_components(out_dir: str | Path, vae_dir: str | Path, seed: int = 0) -> Path:
+def build_release_components(
+    out_dir: str | Path, vae_dir: str | Path, seed: int = 0, text_pretrain_steps: int = 0
+) -> Path:
     """Write the release folder without the transformer (see the module docstring); returns its path."""
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / INDEX).unlink(missing_ok=True)  # no index while the folders are being (re)written
-    for name, component in build_components(vae_dir, seed).items():
+    for name, component in build_components(vae_dir, seed, text_pretrain_steps).items():
         shutil.rmtree(root / name, ignore_errors=True)
         component.save_pretrained(str(root / name))
     _write_index(root, release_index(with_transformer=False))
@@ -140,6 +162,7 @@ __all__ = [
     "SMALL_DEFAULTS",
     "build_components",
     "build_release_components",
+    "build_text_encoder",
     "finish_release",
     "load_trained_vae",
     "release_index",

@@ -6,7 +6,8 @@ stopped (the VAE and the transformer resume from their own checkpoints):
     data/videos, data/images     procedural train-split clips + manifests (`procedural.write_dataset`)
     data/prior-videos            the prior stage's own, mostly two-object clips (only with `prior_videos`)
     vae/                         the small Wan VAE trained on them (`small_model.vae`)
-    release/                     tokenizer, text encoder, VAE, scheduler, guider (`small_model.components`)
+    release/                     tokenizer, text encoder (random, or pretrained on captions), VAE, scheduler, guider
+                                 (`small_model.components`)
     shards/videos, shards/images `motif-video prepare` output (latents, text states, first frames, SigLIP tokens)
     shards/prior-videos          (only with `prior_videos`)
     run/                         `motif-video train` run of `small_recipe` (metrics.jsonl, checkpoints)
@@ -59,6 +60,9 @@ class SmallModelPlan:
     # 2.5 / 2.7 / 3.1.
     prior_videos: int = 0
     prior_two_object_prob: float = 0.85
+    # > 0: the frozen text encoder is pretrained on train-split captions for that many steps (`text_pretraining`):
+    # each object's words then carry its colour, shape, size and side of the frame. 0: the random encoder.
+    text_pretrain_steps: int = 0
     video_batch: int = 16
     image_batch: int = 32
     lr: float = 1e-3
@@ -152,7 +156,7 @@ def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to:
         train_vae(vae_dir, seed=plan.seed, **({"steps": plan.vae_steps} if plan.vae_steps else {}))
     release = work / "release"
     if not (release / "vae" / "config.json").is_file():
-        build_release_components(release, vae_dir, plan.seed)
+        build_release_components(release, vae_dir, plan.seed, plan.text_pretrain_steps)
     for kind, *_ in kinds:  # prepare resumes per shard
         bucket = "1x64x64" if kind == "images" else "17x64x64"
         prepare(data / kind / "manifest.jsonl", release, work / "shards" / kind, bucket, samples_per_shard=500,

@@ -42,6 +42,7 @@ class SmallTextEncoderConfig:
     num_heads: int = 2
     head_dim: int = 32
     window: int = 5  # bidirectional sliding window: the token and 2 neighbours each side
+    full_attention: bool = False  # every layer attends to the whole caption instead of the window
     logit_scalar: int = 512  # query_pre_attn_scalar: 16 x head_dim -> near-uniform attention in the window
     embed_rms: float = 1.0  # RMS of a token's input embedding (after Gemma's sqrt(d) scale)
     attention_gain: float = 1.0  # RMS of the attention branch (its post-norm's 1 + weight)
@@ -54,6 +55,9 @@ class SmallTextEncoderConfig:
 
 
 SMALL_TEXT_ENCODER = SmallTextEncoderConfig()
+# The encoder that `text_pretraining` trains: two full-attention layers, so an object's words can read the relation
+# words and the other object, with ordinary attention logits (1 / sqrt(head_dim)) so attention can sharpen.
+PRETRAINED_TEXT_ENCODER = SmallTextEncoderConfig(num_layers=2, full_attention=True, logit_scalar=32)
 
 
 def text_dims(config: SmallTextEncoderConfig = SMALL_TEXT_ENCODER) -> tuple[int, int]:
@@ -75,7 +79,7 @@ def _encoder_config(c: SmallTextEncoderConfig) -> Any:
         query_pre_attn_scalar=c.logit_scalar,
         max_position_embeddings=512,
         sliding_window=c.window,
-        layer_types=["sliding_attention"] * c.num_layers,
+        layer_types=["full_attention" if c.full_attention else "sliding_attention"] * c.num_layers,
     )
     vision = SiglipVisionConfig(
         hidden_size=c.image_dim,
@@ -136,6 +140,7 @@ def token_similarity(text_encoder: Any, tokenizer: Any, first: tuple[str, str], 
 
 
 __all__ = [
+    "PRETRAINED_TEXT_ENCODER",
     "SMALL_TEXT_ENCODER",
     "SmallTextEncoderConfig",
     "build_small_text_encoder",
