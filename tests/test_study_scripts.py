@@ -175,3 +175,16 @@ def test_attribute_binding_swaps_one_objects_word_and_measures_where_it_lands(to
     with pytest.raises(SystemExit):
         probe["main"](["--model", str(toy_reproduction[1]), "--t", "1.5"])
     assert "every --t in (0, 1]" in capsys.readouterr().err
+
+
+def test_probe_text_encoder_prints_each_head_per_split(toy_reproduction, tmp_path, capsys):
+    probe = runpy.run_path(str(SCRIPT.with_name("probe_text_encoder.py")))
+    assert probe["main"](["--model", str(toy_reproduction[1]), "--captions", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | captions | color | shape | size | slot |" in printed
+    rows = [line for line in printed.splitlines() if line.startswith(f"| {toy_reproduction[1]} |")]
+    assert [row.split(" | ")[1] for row in rows] == ["held-out", "train"]
+    assert all(row.count("%") == 4 for row in rows)
+    with pytest.raises(SystemExit):
+        probe["main"](["--model", str(tmp_path)])
+    assert "is missing" in capsys.readouterr().err
