@@ -182,7 +182,9 @@ def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: 
         shutil.copytree(work / "release", release, ignore=shutil.ignore_patterns("transformer"))
     # always re-exported (a few MB): a variant rerun with more --steps lengthens its run
     export_transformer(final_checkpoint(recipe, run), folder / "transformer", use_ema=True)
-    if recipe.text_encoder is not None:  # the tuned encoder replaces the release's copy
+    # A tuned encoder replaces the release's copy; a frozen one (grown by identity layers or not) gives the
+    # release's own states, so the copy stands.
+    if any(s.train_text_encoder for s in recipe.stages):
         encoder, _ = load_text_encoder(recipe.text_encoder, recipe.text_layers_added)
         export_text_encoder(encoder, final_checkpoint(recipe, run), release / "text_encoder", use_ema=True)
     stage = recipe.stages[0]

@@ -4,7 +4,8 @@
    against these frozen parts:
 
        tokenizer/          word-level tokenizer over the procedural vocabulary (vocab.py)
-       text_encoder/       frozen random T5Gemma2 encoder + SigLIP tower (text_encoder.py)
+       text_encoder/       frozen T5Gemma2 encoder + SigLIP tower: random (text_encoder.py), or its text half
+                           pretrained on captions (text_pretraining.py, `text_pretrain_steps`)
        vae/                the trained Wan VAE with its measured latents_mean / latents_std (vae.py)
        feature_extractor/  SiglipImageProcessor at the tower's input size, mean = std = 0.5 (as tiny.py)
        scheduler/          FlowMatchEulerDiscreteScheduler

@@ -1,6 +1,7 @@
 """The small model's frozen text encoder: a random `T5Gemma2Encoder` (one layer) with a tiny SigLIP vision tower.
 
-It is never trained: the transformer learns to read it. So its random weights are drawn for READABILITY, not
+It is never trained with the transformer: the transformer learns to read it. (`text_pretraining` can instead train
+a two-layer full-attention variant, `PRETRAINED_TEXT_ENCODER`, on captions first; this module draws both.) So its random weights are drawn for READABILITY, not
 taken as `_init_weights` gives them, whose tiny embeddings (RMS 0.02 sqrt(d)) sit under two unit-RMS branches
 and whose peaked random attention depends on the seed. Measured with `token_similarity` (cosine of token states;
 "A small <colour> circle moves to the left slowly on a black background."; seeds 0-3):
