@@ -1,10 +1,11 @@
 """The small model's frozen text encoder: a random `T5Gemma2Encoder` (one layer) with a tiny SigLIP vision tower.
 
-It is never trained with the transformer: the transformer learns to read it. (`text_pretraining` can instead train
-a two-layer full-attention variant, `PRETRAINED_TEXT_ENCODER`, on captions first; this module draws both.) So its random weights are drawn for READABILITY, not
-taken as `_init_weights` gives them, whose tiny embeddings (RMS 0.02 sqrt(d)) sit under two unit-RMS branches
-and whose peaked random attention depends on the seed. Measured with `token_similarity` (cosine of token states;
-"A small <colour> circle moves to the left slowly on a black background."; seeds 0-3):
+It is never trained with the transformer: the transformer learns to read it. (`text_pretraining` can instead
+train a two-layer full-attention variant, `PRETRAINED_TEXT_ENCODER`, on captions first; this module draws both.)
+So its random weights are drawn for READABILITY, not taken as `_init_weights` gives them, whose tiny embeddings
+(RMS 0.02 sqrt(d)) sit under two unit-RMS branches and whose peaked random attention depends on the seed.
+Measured with `token_similarity` (cosine of token states; "A small <colour> circle moves to the left slowly on a
+black background."; seeds 0-3):
 
                                           as drawn here          as initialised (same sizes)
     two colour words, mean / worst pair   0.31-0.37 / 0.51-0.64  0.26-0.49 / 0.60-0.87

@@ -134,7 +134,7 @@ def pretrain_text_encoder(encoder: Any, tokenizer: Any, seed: int = 0,
         torch.manual_seed(seed)
         heads = _Heads(dim, text.config.vocab_size)
         text.requires_grad_(True).train()
-        params = [p for p in text.parameters()] + list(heads.parameters())
+        params = list(text.parameters()) + list(heads.parameters())
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         rng = np.random.default_rng([seed, 7])
         correct: dict[str, float] = {}
