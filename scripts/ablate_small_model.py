@@ -23,7 +23,9 @@ the frozen text encoder, VAE and scheduler (and, with `--from-release`, the star
 A variant is `name[:key=value;key=value...]`, each value a Python literal. `lr`, `batch` and `steps` set the stage;
 `train_text_encoder=True` (with `--from-release`) trains the release's text encoder with the transformer,
 `text_layers_added=N` first appends N identity full-attention layers to it (`training.text_tuning`), `text_lr` is
-its lr, and the variant's release gets the tuned encoder; an `ObjectiveConfig` field (noise_correlation,
+its lr, and the variant's release gets the tuned encoder; `text_pretrain_steps=N` (either mode) swaps the release's
+random text encoder for one pretrained on captions for N steps (`small_model.text_pretraining`, frozen; captions are
+encoded in the training step, so the same shards serve); an `ObjectiveConfig` field (noise_correlation,
 temporal_difference_weight, shift, ...) changes the objective; any other key is a `MotifVideoConfig` field
 (`ModelSource.overrides`; not with `--from-release`, which keeps the release's architecture). All variants use seed
 0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/, release/, eval/) and resumes there, so a finished
@@ -57,6 +59,7 @@ from motif_video.training.text_tuning import export_text_encoder, load_text_enco
 STAGE_KEYS = ("lr", "batch", "steps")
 # training.text_tuning: tune the release's text encoder (with --from-release)
 TEXT_KEYS = ("train_text_encoder", "text_layers_added", "text_lr")
+PRETRAIN_KEY = "text_pretrain_steps"  # small_model.text_pretraining: a caption-pretrained encoder, in either mode
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -82,7 +85,7 @@ def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
     objective_fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
-              if k not in STAGE_KEYS + TEXT_KEYS}  # fmt: skip
+              if k not in (*STAGE_KEYS, *TEXT_KEYS, PRETRAIN_KEY)}  # fmt: skip
     objective = {k: v for k, v in values.items() if k in objective_fields}
     return objective, {k: v for k, v in values.items() if k not in objective}
 
@@ -102,6 +105,9 @@ def check_variant(name: str, values: dict[str, Any], from_release: bool = False)
     if any(k in values for k in TEXT_KEYS) and not from_release:
         raise ValueError(f"variant {name!r}: {[k for k in TEXT_KEYS if k in values]} tune the release's text "
                          "encoder: add --from-release")  # fmt: skip
+    pretrain = values.get(PRETRAIN_KEY)
+    if PRETRAIN_KEY in values and (not isinstance(pretrain, int) or pretrain < 1):
+        raise ValueError(f"variant {name!r}: {PRETRAIN_KEY} is a number of steps >= 1, got {pretrain!r}")
     if from_release and model:
         raise ValueError(f"variant {name!r}: {sorted(model)} change the architecture; a --from-release fine-tune "
                          "keeps the release's transformer (drop --from-release to train from scratch)")  # fmt: skip
@@ -121,9 +127,10 @@ def reproduction_recipe(work: Path) -> Recipe:
 
 
 def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | None, lr: float | None,
-                   from_release: bool = False) -> Recipe:  # fmt: skip
+                   from_release: bool = False, text_encoder: Path | None = None) -> Recipe:  # fmt: skip
     """The one-stage recipe of a variant; batch / lr None: the mode's default (images 32 / 1e-3; a fine-tune the
-    reproduction's last-stage video batch and lr)."""
+    reproduction's last-stage video batch and lr). `text_encoder`: a folder (text_encoder/ + tokenizer/) whose
+    encoder replaces the release's (captions encoded in the step)."""
     import dataclasses
 
     objective, model = _split(values)
@@ -149,6 +156,8 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
         stage = Stage("images", steps, {"image": images}, lr=float(values.get("lr", lr or 1e-3)), warmup_steps=100,
                       route=None, objective=dataclasses.replace(base, **objective))  # fmt: skip
         source = ModelSource(preset="motif-video-small", overrides=model)
+    if text_encoder is not None:
+        text = dict(text_encoder=str(text_encoder), text_layers_added=int(values.get("text_layers_added", 0)))
     return Recipe(
         model=source,
         stages=(stage,),
@@ -169,9 +178,27 @@ def tail_loss(metrics: Path, steps: int) -> float:
     return sum(tail) / len(tail)
 
 
+def pretrained_text_folder(work: Path, folder: Path, steps: int) -> Path:
+    """`folder` with tokenizer/ (the release's) and text_encoder/ pretrained on captions for `steps` steps; written
+    once (the text encoder folder last), then reused."""
+    from motif_video.small_model.components import build_text_encoder
+    from motif_video.small_model.vocab import build_small_tokenizer
+
+    if not (folder / "text_encoder" / "config.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(work / "release" / "tokenizer", folder / "tokenizer")
+        encoder = build_text_encoder(build_small_tokenizer(), 0, steps)
+        encoder.save_pretrained(str(folder / "text_encoder.tmp"))
+        (folder / "text_encoder.tmp").rename(folder / "text_encoder")
+    return folder
+
+
 def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: argparse.Namespace) -> dict:
     folder = out / name
-    recipe = variant_recipe(work, values, args.steps, args.batch, args.lr, args.from_release)
+    text_folder = None
+    if PRETRAIN_KEY in values:
+        text_folder = pretrained_text_folder(work, folder / "text", values[PRETRAIN_KEY])
+    recipe = variant_recipe(work, values, args.steps, args.batch, args.lr, args.from_release, text_folder)
     run = folder / "run"
     start = resume_step(recipe, run) if (run / "recipe.json").is_file() else None
     with MetricsWriter(run, resume_step=start, tensorboard=False) as writer:
@@ -187,6 +214,9 @@ def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: 
     if any(s.train_text_encoder for s in recipe.stages):
         encoder, _ = load_text_encoder(recipe.text_encoder, recipe.text_layers_added)
         export_text_encoder(encoder, final_checkpoint(recipe, run), release / "text_encoder", use_ema=True)
+    elif text_folder is not None:
+        shutil.rmtree(release / "text_encoder")
+        shutil.copytree(text_folder / "text_encoder", release / "text_encoder")
     stage = recipe.stages[0]
     finish_release(release, folder / "transformer", defaults={"noise_correlation": stage.objective.noise_correlation})
     mode = "t2v" if args.from_release else "t2i"

@@ -76,6 +76,7 @@ def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, 
         ([], "x:attention_head_dim=64", "rope_axes_dim"),
         ([], "x:noise_correlation=2.0", "noise_correlation must lie in [0, 1]"),
         (["--from-release"], "x:patch_size=1", "['patch_size'] change the architecture"),
+        ([], "x:text_pretrain_steps=0", "text_pretrain_steps is a number of steps >= 1, got 0"),
     )
     for flags, bad, message in bad_variants:
         with pytest.raises(SystemExit):
@@ -188,3 +189,18 @@ def test_probe_text_encoder_prints_each_head_per_split(toy_reproduction, tmp_pat
     with pytest.raises(SystemExit):
         probe["main"](["--model", str(tmp_path)])
     assert "is missing" in capsys.readouterr().err
+
+
+def test_ablation_with_a_caption_pretrained_text_encoder(script, toy_reproduction, tmp_path, capsys):
+    work = toy_reproduction[0]
+    argv = _tiny_run(work, tmp_path / "tp", "--variant", "tp:text_pretrain_steps=2")
+    assert script["main"](argv) == 0
+    assert "| tp | text_pretrain_steps=2 | 2 |" in capsys.readouterr().out
+    recipe = json.loads((tmp_path / "tp" / "tp" / "run" / "recipe.json").read_text())
+    assert recipe["text_encoder"] == str(tmp_path / "tp" / "tp" / "text")  # captions encoded in the step
+    release = tmp_path / "tp" / "tp" / "release" / "text_encoder"
+    config = json.loads((release / "config.json").read_text())
+    assert config["text_config"]["layer_types"] == ["full_attention"] * 2
+    written = (release / "model.safetensors").read_bytes()  # the variant's own encoder, not the work's
+    assert written == (tmp_path / "tp" / "tp" / "text" / "text_encoder" / "model.safetensors").read_bytes()
+    assert written != (work / "release" / "text_encoder" / "model.safetensors").read_bytes()
