@@ -47,7 +47,7 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class TextPretrainConfig:
-    steps: int = 1500
+    steps: int = 500  # as SmallModelPlan.text_pretrain_steps (300 steps already probe 99.7-100% on held-out)
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 100
@@ -81,8 +81,10 @@ def token_targets(tokens: list[str], spec: SceneSpec) -> dict[str, list[int]]:
     return targets
 
 
-def sample_captions(rng: np.random.Generator, count: int, config: TextPretrainConfig, split: str = "train"):
-    """`count` (caption, scene) pairs of `split`, every variant and phrasing."""
+def sample_captions(
+    rng: np.random.Generator, count: int, config: TextPretrainConfig, split: str = "train"
+) -> list[tuple[str, SceneSpec]]:
+    """`count` (caption, scene) pairs of `split`, each in a random caption variant and phrasing."""
     out = []
     for _ in range(count):
         image = bool(rng.random() < config.image_prob)
