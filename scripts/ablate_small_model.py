@@ -181,13 +181,14 @@ def tail_loss(metrics: Path, steps: int) -> float:
 def pretrained_text_folder(work: Path, folder: Path, steps: int) -> Path:
     """`folder` with tokenizer/ (the release's) and text_encoder/ pretrained on captions for `steps` steps; written
     once (the text encoder folder last), then reused."""
+    from transformers import AutoTokenizer
+
     from motif_video.small_model.components import build_text_encoder
-    from motif_video.small_model.vocab import build_small_tokenizer
 
     if not (folder / "text_encoder" / "config.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(work / "release" / "tokenizer", folder / "tokenizer")
-        encoder = build_text_encoder(build_small_tokenizer(), 0, steps)
+        encoder = build_text_encoder(AutoTokenizer.from_pretrained(str(folder / "tokenizer")), 0, steps)
         encoder.save_pretrained(str(folder / "text_encoder.tmp"))
         (folder / "text_encoder.tmp").rename(folder / "text_encoder")
     return folder
