@@ -210,8 +210,8 @@ def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: 
         shutil.copytree(work / "release", release, ignore=shutil.ignore_patterns("transformer"))
     # always re-exported (a few MB): a variant rerun with more --steps lengthens its run
     export_transformer(final_checkpoint(recipe, run), folder / "transformer", use_ema=True)
-    # A tuned encoder replaces the release's copy; a frozen one (grown by identity layers or not) gives the
-    # release's own states, so the copy stands.
+    # A tuned encoder replaces the release's copy, and so does a caption-pretrained one; the release's own encoder
+    # left frozen (grown by identity layers or not) gives the release's states, so that copy stands.
     if any(s.train_text_encoder for s in recipe.stages):
         encoder, _ = load_text_encoder(recipe.text_encoder, recipe.text_layers_added)
         export_text_encoder(encoder, final_checkpoint(recipe, run), release / "text_encoder", use_ema=True)
