@@ -63,8 +63,8 @@ class SmallModelPlan:
     # The frozen text encoder is pretrained on train-split captions for this many steps (`text_pretraining`): each
     # object's words then carry its colour, shape, size and side of the frame; 0: the random encoder (`runs/cen` and
     # every earlier run). Measured from scratch, random -> pretrained (README): T2I after 5,000 steps, held-out /
-    # train 46.0 / 58.2% -> 58.6 / 70.2% (two-object held-out 33.6 -> 52.6%); those models after 1,500 / 3,000
-    # video steps, T2V 34.2 / 49.5% -> 48.3 / 57.1% and 34.4 / 52.3% -> 43.8 / 57.4%.
+    # train 46.0 / 58.2% -> 58.6 / 70.2% (two-object held-out 33.6 -> 52.6%); those models after 1,500 / 3,000 /
+    # 4,500 video steps, T2V 34.2 / 49.5% -> 48.3 / 57.1%, 34.4 / 52.3% -> 43.8 / 57.4%, 34.2 / 52.6% -> 48.8 / 63.8%.
     text_pretrain_steps: int = 500
     video_batch: int = 16
     image_batch: int = 32
