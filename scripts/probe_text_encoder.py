@@ -27,12 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         loaded = [(folder, *load_text_encoder(folder)) for folder in args.model]
     except ValueError as error:
         parser.error(str(error))
-    heads = [h for h in HEADS]
+    heads = list(HEADS)
     print("| model | captions | " + " | ".join(heads) + " |")
     print("|---|---|" + "---:|" * len(heads))
     for folder, encoder, tokenizer in loaded:
-        for split in ("heldout", "train"):
-            accuracy = probe_accuracy(encoder, tokenizer, split, count=args.captions, seed=args.seed)
+        scores = probe_accuracy(encoder, tokenizer, ("heldout", "train"), count=args.captions, seed=args.seed)
+        for split, accuracy in scores.items():
             cells = " | ".join(f"{100 * accuracy[h]:.1f}%" for h in heads)
             print(f"| {folder} | {'held-out' if split == 'heldout' else split} | {cells} |")
     return 0

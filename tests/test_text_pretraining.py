@@ -70,8 +70,8 @@ def test_pretraining_teaches_binding_that_holds_on_heldout_captions(tokenizer) -
     assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
     assert all(torch.equal(v, encoder.vision_tower.state_dict()[k]) for k, v in before.items())  # tower untouched
     probe = dict(count=192, probe_steps=150)
-    trained = probe_accuracy(encoder, tokenizer, "heldout", **probe)
-    untrained = probe_accuracy(random, tokenizer, "heldout", **probe)
+    trained = probe_accuracy(encoder, tokenizer, **probe)["heldout"]
+    untrained = probe_accuracy(random, tokenizer, **probe)["heldout"]
     # the slot (which side an object goes) is what a random encoder cannot tell from a word's state
     assert trained["slot"] >= 0.95 and untrained["slot"] <= 0.75, (trained, untrained)
     assert min(trained[h] for h in ("color", "shape", "size")) >= 0.9, trained  # held-out (colour, shape) pairs too

@@ -160,12 +160,12 @@ def pretrain_text_encoder(encoder: Any, tokenizer: Any, seed: int = 0,
 
 
 @torch.no_grad()
-def probe_accuracy(encoder: Any, tokenizer: Any, split: str = "heldout", count: int = 512, seed: int = 0,
-                   probe_steps: int = 300) -> dict[str, float]:  # fmt: skip
-    """How well each object word's state tells its object's colour / shape / size / slot on `split` captions.
+def probe_accuracy(encoder: Any, tokenizer: Any, splits: tuple[str, ...] = ("heldout",), count: int = 512,
+                   seed: int = 0, probe_steps: int = 300) -> dict[str, dict[str, float]]:  # fmt: skip
+    """How well each object word's state tells its object's colour / shape / size / slot: {split: {head: accuracy}}.
 
-    Fits fresh linear heads on the frozen states of train captions, then scores them on `split` captions: a
-    measure of the encoder alone (for a random encoder too), not of the pretraining heads."""
+    Fits fresh linear heads once on the frozen states of train captions, then scores them on fresh captions of each
+    split: a measure of the encoder alone (for a random encoder too), not of the pretraining heads."""
     config = TextPretrainConfig(two_object_prob=0.5)
     rng = np.random.default_rng([seed, 11])
     text = encoder.text_model
@@ -175,7 +175,6 @@ def probe_accuracy(encoder: Any, tokenizer: Any, split: str = "heldout", count: 
         return text(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state, targets
 
     train_states, train_targets = states_of(sample_captions(rng, count, config))
-    test_states, test_targets = states_of(sample_captions(rng, count, config, split=split))
     with torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         heads = _Heads(text.config.hidden_size, text.config.vocab_size)
@@ -185,8 +184,7 @@ def probe_accuracy(encoder: Any, tokenizer: Any, split: str = "heldout", count: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    _, correct = heads(test_states, test_targets)
-    return correct
+    return {split: heads(*states_of(sample_captions(rng, count, config, split=split)))[1] for split in splits}
 
 
 __all__ = ["HEADS", "SLOTS", "TextPretrainConfig", "object_slots", "pretrain_text_encoder", "probe_accuracy",
