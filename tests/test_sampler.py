@@ -88,6 +88,27 @@ def test_plan_deterministic_and_round_trips(shard_dir, tmp_path):
         read_plan(tmp_path, 8)
 
 
+def test_plan_and_resume_survive_moving_the_data(tmp_path):
+    root = tmp_path / "a"
+    write_synthetic_shards(root / "shards", num_shards=6, buckets=BUCKETS[:2], samples_per_shard=(8, 12), seed=4)
+    write_plans(plan_shards([root / "shards"], world_size=2, batch_sizes=BATCH, seed=0), root / "plan")
+    stored = json.loads((root / "plan" / "plan-rank-00000.json").read_text())["shards"]
+    assert stored and all(not Path(s).is_absolute() and s.startswith("../shards/") for s in stored)
+    reader = ShardReader(root / "plan", 0, BATCH, seed=1, shuffle_window=8)
+    for _ in range(2):
+        next(reader)
+    state = json.loads(json.dumps(reader.state_dict()))
+    expected = [next(reader) for _ in range(3)]
+    reader.close()
+    moved = root.rename(tmp_path / "b")
+    rank_plan = read_plan(moved / "plan", 0)
+    assert all(Path(s).is_file() and Path(s).is_relative_to(moved.resolve()) for s in rank_plan.shards)
+    assert all(Path(s).is_relative_to(moved.resolve()) for s in sum(read_summary(moved / "plan").rank_shards, []))
+    resumed = ShardReader(moved / "plan", 0, BATCH, seed=1, shuffle_window=8)
+    resumed.load_state_dict(state)
+    assert all(_same(x, y) for x, y in zip([next(resumed) for _ in range(3)], expected))
+
+
 def test_reader_yields_homogeneous_batches_covering_the_rank(plan_dir):
     plan = read_summary(plan_dir)
     lockstep = plan.lockstep_batches()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,12 +292,15 @@ def plan_shards(
 
 
 def write_plans(plan: Plan, out_dir: Path) -> list[Path]:
-    """Write `plan-rank-XXXXX.json` for every rank, then the `plan.json` summary (last: its presence means done)."""
+    """Write `plan-rank-XXXXX.json` for every rank, then the `plan.json` summary (last: its presence means done).
+
+    Tar paths are stored relative to `out_dir` and read back as absolute paths (`read_plan`, `read_summary`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lockstep = {bucket_name(b): n for b, n in plan.lockstep_batches().items()}
+    relative = [[_relative(s, out_dir) for s in shards] for shards in plan.rank_shards]
     written = []
-    for rank, shards in enumerate(plan.rank_shards):
+    for rank, shards in enumerate(relative):
         payload = {
             "rank": rank,
             "world_size": plan.world_size,
@@ -307,8 +311,22 @@ def write_plans(plan: Plan, out_dir: Path) -> list[Path]:
             "seed": plan.seed,
         }
         written.append(_write_json(out_dir / PLAN_RANK_PATTERN.format(rank=rank), payload))
-    written.append(_write_json(out_dir / PLAN_SUMMARY, plan.to_dict()))
+    written.append(_write_json(out_dir / PLAN_SUMMARY, {**plan.to_dict(), "rank_shards": relative}))
     return written
+
+
+def _relative(shard: str, out_dir: Path) -> str:
+    """A tar path as the plan files store it: relative to the plan folder, so that moving the plan and the data
+    together (or reading them from another mount point) keeps the plan valid. Paths on another drive stay absolute."""
+    try:
+        return os.path.relpath(Path(shard).resolve(), out_dir.resolve())
+    except ValueError:  # Windows: no relative path across drives
+        return str(Path(shard).resolve())
+
+
+def _absolute(shard: str, out_dir: Path) -> str:
+    """A stored tar path back to an absolute one (plans written before paths were relative are absolute already)."""
+    return str((Path(out_dir) / shard).resolve())
 
 
 def _write_json(path: Path, payload: dict) -> Path:
@@ -319,7 +337,9 @@ def _write_json(path: Path, payload: dict) -> Path:
 
 
 def read_summary(out_dir: Path) -> Plan:
-    return Plan.from_dict(json.loads((Path(out_dir) / PLAN_SUMMARY).read_text()))
+    plan = Plan.from_dict(json.loads((Path(out_dir) / PLAN_SUMMARY).read_text()))
+    plan.rank_shards = [[_absolute(s, out_dir) for s in shards] for shards in plan.rank_shards]
+    return plan
 
 
 def read_plan(out_dir: Path, rank: int) -> RankPlan:
@@ -339,7 +359,7 @@ def read_plan(out_dir: Path, rank: int) -> RankPlan:
     return RankPlan(
         rank=int(data["rank"]),
         world_size=int(data["world_size"]),
-        shards=list(data["shards"]),
+        shards=[_absolute(s, out_dir) for s in data["shards"]],
         bucket_counts=buckets(data["bucket_counts"]),
         lockstep_batches=buckets(data["lockstep_batches"]),
         batch_sizes=buckets(data["batch_sizes"]),

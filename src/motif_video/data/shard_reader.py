@@ -330,9 +330,12 @@ class ShardReader:
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"reader state version {state.get('version')} != {STATE_VERSION}")
-        mine = {"seed": self.seed, "rank": self.rank, "shards": [str(p) for p in self.shards]}
+        # Shards compare by file name and order: the data folder may have moved (or be read through another mount
+        # point or working directory) since the checkpoint, and its tar names still say which shards these are.
+        mine = {"seed": self.seed, "rank": self.rank, "shards": [Path(p).name for p in self.shards]}
+        theirs = {**state, "shards": [Path(p).name for p in state["shards"]]}
         for name, value in mine.items():
-            if state[name] != value:
+            if theirs[name] != value:
                 raise ValueError(f"reader state was taken with a different {name}; cannot resume exactly")
         self._start_epoch(int(state["epoch"]))
         self._shard_pos, self._in_shard = int(state["shard_pos"]), int(state["in_shard"])
