@@ -15,6 +15,7 @@ COMPLETE, renames `.partial` to the final name and updates `latest`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -147,6 +148,21 @@ def load_checkpoint(
     return trainer_state, rank_state
 
 
+def stored_tensors(path: str | Path) -> dict[str, Any]:
+    """A DCP checkpoint's entries, read from its metadata alone: "model.<name>" / "ema.<name>" -> tensor metadata
+    (`.size`, `.properties.dtype`)."""
+    return dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+
+
+def read_tensors(request: dict[str, Any], path: str | Path) -> None:
+    """Fill `request` ({"model": {name: tensor}, "ema": {...}}) in place from a checkpoint, in ONE process: also
+    when called on one rank of a torchrun job, there are no collectives (so no hang)."""
+    single = {"no_dist": True} if "no_dist" in inspect.signature(dcp.load).parameters else {}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(request, checkpoint_id=str(path), **single)
+
+
 def load_weights(
     path: str | Path, model: torch.nn.Module, *, ema: bool = False
 ) -> tuple[dict[str, torch.Tensor] | None, list[str]]:
@@ -159,7 +175,7 @@ def load_weights(
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE} marker): it was interrupted while saving")
-    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    saved = stored_tensors(path)
     current = model.state_dict()
     wanted: dict[str, Any] = {"model": {}, "ema": {}}
     fresh = []

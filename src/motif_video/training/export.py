@@ -18,11 +18,9 @@ Without `base` the weights and `config.json` go straight into `out_dir`. With `b
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,7 @@ from torch import nn
 from motif_video.models.checkpoint_io import CheckpointError, check_state_dict, reconcile_config, save_transformer
 from motif_video.models.config import PRESETS, MotifVideoConfig
 from motif_video.models.transformer import MotifVideoTransformer
-from motif_video.training.checkpoint import COMPLETE, latest_checkpoint
+from motif_video.training.checkpoint import COMPLETE, latest_checkpoint, read_tensors, stored_tensors
 from motif_video.training.lora import merge_lora_state_dict, model_state_dict_merged
 from motif_video.training.parallel import world
 
@@ -124,10 +122,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def _from_checkpoint(
     path: Path, use_ema: bool, model_config: Any, lora_alpha: float | None
 ) -> tuple[dict[str, torch.Tensor], MotifVideoConfig, bool, int | None]:
-    import torch.distributed.checkpoint as dcp
 
     trainer = json.loads((path / "trainer.json").read_text()) if (path / "trainer.json").is_file() else {}
-    stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    stored = stored_tensors(path)
     model_md = {k[len("model.") :]: md for k, md in stored.items() if k.startswith("model.")}
     ema_md = {k[len("ema.") :]: md for k, md in stored.items() if k.startswith("ema.")}
     if not model_md:
@@ -151,11 +148,7 @@ def _from_checkpoint(
     used_ema = use_ema and bool(ema_md)
     if used_ema:
         request["ema"] = {k: empty(md) for k, md in ema_md.items() if keep(k)}
-    # One process reads everything, also when called on one rank of a torchrun job (no collectives: no hang).
-    single = {"no_dist": True} if "no_dist" in inspect.signature(dcp.load).parameters else {}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(request, checkpoint_id=str(path), **single)
+    read_tensors(request, path)
     state = request["model"]
     for key, value in request.get("ema", {}).items():
         if key not in state:

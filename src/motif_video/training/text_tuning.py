@@ -26,8 +26,6 @@ that the pipeline loads like any other `text_encoder/`.
 from __future__ import annotations
 
 import copy
-import inspect
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +93,10 @@ def set_text_trainable(encoder: Any, trainable: bool) -> None:
 def export_text_encoder(encoder: Any, checkpoint: str | Path, out_dir: str | Path, *, use_ema: bool = True) -> bool:
     """Fill `encoder` (built as the run built it) with a checkpoint's text-encoder weights, EMA where it has them
     and `use_ema`, and save it to `out_dir`; returns whether EMA weights were used."""
-    import torch.distributed.checkpoint as dcp
+    from motif_video.training.checkpoint import read_tensors, stored_tensors
 
     path = Path(checkpoint)
-    stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    stored = stored_tensors(path)
     names = {k[len("model.") + len(TEXT_PREFIX) :] for k in stored if k.startswith("model." + TEXT_PREFIX)}
     if not names:
         raise ValueError(f"{path} holds no text-encoder weights (no 'model.{TEXT_PREFIX}*'): the run did not tune it")
@@ -110,10 +108,7 @@ def export_text_encoder(encoder: Any, checkpoint: str | Path, out_dir: str | Pat
     ema_names = [k for k in state if f"ema.{TEXT_PREFIX}{k}" in stored] if use_ema else []
     if ema_names:
         request["ema"] = {TEXT_PREFIX + k: torch.empty_like(state[k]) for k in ema_names}
-    single = {"no_dist": True} if "no_dist" in inspect.signature(dcp.load).parameters else {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(request, checkpoint_id=str(path), **single)
+    read_tensors(request, path)
     weights = {**request["model"], **request.get("ema", {})}
     encoder.load_state_dict({k[len(TEXT_PREFIX) :]: v for k, v in weights.items()}, strict=True)
     out = Path(out_dir)
