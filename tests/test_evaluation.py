@@ -16,7 +16,14 @@ import pytest
 import torch
 
 from motif_video.cli import main
-from motif_video.evaluation import EvalReport, EvalSettings, format_report, heldout_failures, run_eval
+from motif_video.evaluation import (
+    EvalReport,
+    EvalSettings,
+    confusion,
+    format_report,
+    heldout_failures,
+    run_eval,
+)
 from motif_video.models.checkpoint_io import CheckpointError
 from motif_video.pipeline.guidance import GuidanceConfig
 from motif_video.pipeline.pipeline import GenerationDefaults
@@ -97,6 +104,12 @@ def test_ground_truth_clips_score_100_percent_and_other_scenes_do_not():
     assert [len(c["prompts"]) for c in fake.calls[:3]] == [3, 3, 1]  # batches of batch_size
     assert [s for c in fake.calls[:3] for s in c["seeds"]] == list(range(5, 12))  # seed + index, one per video
     assert fake.calls[0]["image"] is None
+    # Ground truth: every colour, shape and size asked is read as itself, object for object.
+    asked = sum(len(v["spec"]["objects"]) for v in report.videos if v["split"] == "heldout" and v["mode"] == "t2v")
+    table = confusion(report, "heldout", "t2v")
+    assert sum(sum(c.values()) for c in table["shape"].values()) == asked
+    assert all(set(c) == {value} for rows in table.values() for value, c in rows.items())
+    assert "| shape | circle (" in format_report(report)
     i2v = fake.calls[-1]  # i2v: each prompt's own rendered first frame
     assert i2v["image"][0].shape == (64, 64, 3) and i2v["image"][0].dtype == np.uint8
 
@@ -104,6 +117,14 @@ def test_ground_truth_clips_score_100_percent_and_other_scenes_do_not():
     heldout = wrong.table("heldout", "t2v")
     assert heldout.overall < 0.8 and heldout.all_correct < heldout.videos
     assert len(heldout_failures(wrong, 0.9)) == 2  # both modes' held-out tables fail the gate
+    misread = confusion(wrong, "heldout", "t2v")
+    off = sum(n for rows in misread.values() for value, c in rows.items() for read, n in c.items() if read != value)
+    assert off > 0  # another scene's objects: some asked values are read as others (or as "none")
+    old = wrong.to_dict()
+    for video in old["videos"]:
+        del video["details"]["matched"]  # results.json written before the matching was recorded
+    assert confusion(EvalReport.from_dict(old), "heldout", "t2v") is None
+    assert "read as" not in format_report(EvalReport.from_dict(old))
 
 
 def test_t2i_scores_still_images_of_image_captions(tmp_path):

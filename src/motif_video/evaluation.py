@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,8 +328,46 @@ def format_by_objects(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
+OBJECT_ATTRIBUTES = ("color", "shape", "size")
+
+
+def confusion(report: EvalReport, split: str, mode: str) -> dict[str, dict[str, Counter]] | None:
+    """attribute -> asked value -> Counter of what the evaluator read for the objects a prompt asked for ("none":
+    no object matched it), over one (split, mode). None for results written before `details.matched` existed."""
+    videos = [v for v in report.videos if v["split"] == split and v["mode"] == mode]
+    if any("matched" not in v["details"] for v in videos):
+        return None
+    table: dict[str, dict[str, Counter]] = {a: {} for a in OBJECT_ATTRIBUTES}
+    for video in videos:
+        found = video["details"]["objects"]
+        for asked, index in zip(video["spec"]["objects"], video["details"]["matched"]):
+            for attribute in OBJECT_ATTRIBUTES:
+                if asked.get(attribute) is None:
+                    continue
+                read = "none" if index is None else found[index][attribute]
+                table[attribute].setdefault(asked[attribute], Counter())[read] += 1
+    return table
+
+
+def format_confusion(report: EvalReport, split: str = "heldout") -> str:
+    """Markdown, one table per mode of `split`: for each colour, shape and size a prompt asked for, what was read."""
+    parts = []
+    for mode in report.modes:
+        table = confusion(report, split, mode)
+        if table is None or not any(table.values()):
+            continue
+        lines = [f"| {column_name(split, mode)} | asked (objects) | read as |", "|---|---|---|"]
+        for attribute, rows in table.items():
+            for asked, counts in sorted(rows.items()):
+                read = " · ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+                lines.append(f"| {attribute} | {asked} ({sum(counts.values())}) | {read} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def format_report(report: EvalReport) -> str:
-    """Markdown: the attribute x (split, mode) table, the one- / two-object split, one line of settings and timing."""
+    """Markdown: the attribute x (split, mode) table, the one- / two-object split, the held-out confusion (what was
+    read for each colour, shape and size asked), one line of settings and timing."""
     s, t = report.settings, report.timings
     lines = [
         format_table(report.tables),
@@ -345,4 +384,7 @@ def format_report(report: EvalReport) -> str:
         f"{'images' if s['mode'] == 't2i' else 'videos'} in {t.get('total_s', 0):.1f} s "
         f"({t.get('s_per_video', 0):.2f} s/video after a {t.get('load_s', 0):.1f} s load).",
     ]
+    confused = format_confusion(report) if "heldout" in s["splits"] else ""
+    if confused:  # before the settings line
+        lines[-1:-1] = ["What the evaluator read for each object a held-out prompt asked for:", "", confused, ""]
     return "\n".join(lines)

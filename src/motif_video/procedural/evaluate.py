@@ -176,6 +176,8 @@ def score_video(frames: np.ndarray, expected: PromptSpec | SceneSpec | str) -> V
              "velocity": [round(v, 3) for v in t.velocity]}
             for t in tracks
         ],
+        # objects[i] for each object the prompt asks for, in its order (None: nothing matched it)
+        "matched": [next((i for i, t in enumerate(tracks) if t is m), None) for m in matched],
         "direction": direction,
         "speed": speed,
         "relation": relation,
