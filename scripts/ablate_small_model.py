@@ -60,6 +60,12 @@ STAGE_KEYS = ("lr", "batch", "steps")
 # training.text_tuning: tune the release's text encoder (with --from-release)
 TEXT_KEYS = ("train_text_encoder", "text_layers_added", "text_lr")
 PRETRAIN_KEY = "text_pretrain_steps"  # small_model.text_pretraining: a caption-pretrained encoder, in either mode
+# REPA to the procedural scene teacher (small_model.scene_teacher), trained for `repa_teacher_steps` steps; online
+# targets (the release's VAE decodes each batch's clean latents); tap block and weight as REPA's defaults scaled
+# to the small model unless given.
+REPA_KEYS = ("repa_teacher_steps", "repa_weight", "repa_tap_block")
+REPA_TAP_BLOCK = 3  # after the 4th of the small model's 10 blocks (REPA: the 8th of 28)
+REPA_PROJECTOR_WIDTH = 256
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -85,7 +91,7 @@ def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
     objective_fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
-              if k not in (*STAGE_KEYS, *TEXT_KEYS, PRETRAIN_KEY)}  # fmt: skip
+              if k not in (*STAGE_KEYS, *TEXT_KEYS, PRETRAIN_KEY, *REPA_KEYS)}  # fmt: skip
     objective = {k: v for k, v in values.items() if k in objective_fields}
     return objective, {k: v for k, v in values.items() if k not in objective}
 
@@ -108,6 +114,15 @@ def check_variant(name: str, values: dict[str, Any], from_release: bool = False)
     pretrain = values.get(PRETRAIN_KEY)
     if PRETRAIN_KEY in values and (not isinstance(pretrain, int) or pretrain < 1):
         raise ValueError(f"variant {name!r}: {PRETRAIN_KEY} is a number of steps >= 1, got {pretrain!r}")
+    repa = {k: values[k] for k in REPA_KEYS if k in values}
+    if repa and "repa_teacher_steps" not in repa:
+        raise ValueError(f"variant {name!r}: {sorted(repa)} tune REPA: add repa_teacher_steps=N to turn it on")
+    teacher_steps, tap = repa.get("repa_teacher_steps", 1), repa.get("repa_tap_block", 0)
+    if not isinstance(teacher_steps, int) or teacher_steps < 1 or not isinstance(tap, int) or tap < 0:
+        raise ValueError(f"variant {name!r}: repa_teacher_steps is a number of steps >= 1 and repa_tap_block a "
+                         f"block index >= 0, got {teacher_steps!r} and {tap!r}")  # fmt: skip
+    if not isinstance(repa.get("repa_weight", 0.0), (int, float)) or repa.get("repa_weight", 0.0) < 0:
+        raise ValueError(f"variant {name!r}: repa_weight must be a number >= 0, got {repa['repa_weight']!r}")
     if from_release and model:
         raise ValueError(f"variant {name!r}: {sorted(model)} change the architecture; a --from-release fine-tune "
                          "keeps the release's transformer (drop --from-release to train from scratch)")  # fmt: skip
@@ -127,15 +142,20 @@ def reproduction_recipe(work: Path) -> Recipe:
 
 
 def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | None, lr: float | None,
-                   from_release: bool = False, text_encoder: Path | None = None) -> Recipe:  # fmt: skip
+                   from_release: bool = False, text_encoder: Path | None = None,
+                   teacher: Path | None = None) -> Recipe:  # fmt: skip
     """The one-stage recipe of a variant; batch / lr None: the mode's default (images 32 / 1e-3; a fine-tune the
     reproduction's last-stage video batch and lr). `text_encoder`: a folder (text_encoder/ + tokenizer/) whose
-    encoder replaces the release's (captions encoded in the step)."""
+    encoder replaces the release's (captions encoded in the step). `teacher`: a scene-teacher folder to align to
+    (REPA, online targets through the release's VAE)."""
     import dataclasses
+
+    from motif_video.small_model.scene_teacher import FRAME_SIZE
+    from motif_video.training.repa import REPAConfig
 
     objective, model = _split(values)
     steps = int(values.get("steps", steps))
-    text: dict[str, Any] = {}
+    extra: dict[str, Any] = {}  # Recipe fields: the text encoder, the VAE
     if from_release:
         last = reproduction_recipe(work).stages[-1]
         saved_batch = last.sources["video"].batch_size if "video" in last.sources else None
@@ -148,7 +168,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
                       text_lr=values.get("text_lr"))  # fmt: skip
         source = ModelSource(pretrained=str(work / "release"))
         if any(k in values for k in TEXT_KEYS):
-            text = dict(text_encoder=str(work / "release"), text_layers_added=int(values.get("text_layers_added", 0)))
+            extra = dict(text_encoder=str(work / "release"), text_layers_added=int(values.get("text_layers_added", 0)))
     else:
         images = Source(str(work / "shards" / "images"), batch_size=int(values.get("batch", batch or 32)),
                         shuffle_window=2048)  # fmt: skip
@@ -157,7 +177,14 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
                       route=None, objective=dataclasses.replace(base, **objective))  # fmt: skip
         source = ModelSource(preset="motif-video-small", overrides=model)
     if text_encoder is not None:
-        text = dict(text_encoder=str(text_encoder), text_layers_added=int(values.get("text_layers_added", 0)))
+        extra = dict(text_encoder=str(text_encoder), text_layers_added=int(values.get("text_layers_added", 0)))
+    if teacher is not None:
+        repa = REPAConfig(enabled=True, teacher="dinov2", teacher_path=str(teacher), feature_source="online",
+                          tap_block=int(values.get("repa_tap_block", REPA_TAP_BLOCK)),
+                          weight=float(values.get("repa_weight", 0.5)), projector_width=REPA_PROJECTOR_WIDTH,
+                          teacher_input_size=FRAME_SIZE)  # fmt: skip
+        stage = dataclasses.replace(stage, repa=repa)
+        extra["vae"] = str(work / "release")
     return Recipe(
         model=source,
         stages=(stage,),
@@ -167,7 +194,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
         ema_decay=0.999,
         parallel=ParallelConfig(param_dtype="float32", activation_checkpointing=False),
         tensorboard=False,
-        **text,
+        **extra,
     )
 
 
@@ -194,12 +221,25 @@ def pretrained_text_folder(work: Path, folder: Path, steps: int) -> Path:
     return folder
 
 
+def scene_teacher_folder(folder: Path, steps: int) -> Path:
+    """`folder` with a scene teacher trained for `steps` steps (seed 0); written once (atomically), then reused."""
+    from motif_video.small_model.scene_teacher import SceneTeacherConfig, save_scene_teacher, train_scene_teacher
+
+    if not (folder / "config.json").is_file():
+        model, accuracy = train_scene_teacher(0, SceneTeacherConfig(steps=steps))
+        logging.getLogger(__name__).info("scene teacher: last batch accuracy %s", accuracy)
+        save_scene_teacher(model, folder)
+    return folder
+
+
 def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: argparse.Namespace) -> dict:
     folder = out / name
-    text_folder = None
+    text_folder = teacher = None
     if PRETRAIN_KEY in values:
         text_folder = pretrained_text_folder(work, folder / "text", values[PRETRAIN_KEY])
-    recipe = variant_recipe(work, values, args.steps, args.batch, args.lr, args.from_release, text_folder)
+    if "repa_teacher_steps" in values:
+        teacher = scene_teacher_folder(folder / "teacher", values["repa_teacher_steps"])
+    recipe = variant_recipe(work, values, args.steps, args.batch, args.lr, args.from_release, text_folder, teacher)
     run = folder / "run"
     start = resume_step(recipe, run) if (run / "recipe.json").is_file() else None
     with MetricsWriter(run, resume_step=start, tensorboard=False) as writer:

@@ -204,3 +204,24 @@ def test_ablation_with_a_caption_pretrained_text_encoder(script, toy_reproductio
     written = (release / "model.safetensors").read_bytes()  # the variant's own encoder, not the work's
     assert written == (tmp_path / "tp" / "tp" / "text" / "text_encoder" / "model.safetensors").read_bytes()
     assert written != (work / "release" / "text_encoder" / "model.safetensors").read_bytes()
+
+
+def test_ablation_with_repa_to_the_scene_teacher(script, toy_reproduction, tmp_path, capsys):
+    work = toy_reproduction[0]
+    argv = _tiny_run(work, tmp_path / "rp", "--variant", "rp:repa_teacher_steps=2;repa_tap_block=1")
+    assert script["main"](argv) == 0
+    assert "| rp | repa_teacher_steps=2; repa_tap_block=1 | 2 |" in capsys.readouterr().out
+    recipe = json.loads((tmp_path / "rp" / "rp" / "run" / "recipe.json").read_text())
+    repa = recipe["stages"][0]["repa"]
+    teacher = tmp_path / "rp" / "rp" / "teacher"
+    assert (repa["enabled"], repa["teacher"], repa["teacher_path"], repa["feature_source"]) == (
+        True, "dinov2", str(teacher), "online")  # fmt: skip
+    assert (repa["tap_block"], repa["weight"], repa["teacher_input_size"]) == (1, 0.5, 64)
+    assert recipe["vae"] == str(work / "release") and (teacher / "config.json").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "rp" / "rp" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(row.get("repa_loss", 0) > 0 for row in rows)
+    for bad, message in (("x:repa_weight=0.1", "add repa_teacher_steps=N"),
+                         ("x:repa_teacher_steps=0", "repa_teacher_steps is a number of steps >= 1")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            script["main"](["--work", str(work), "--variant", bad])
+        assert message in capsys.readouterr().err
