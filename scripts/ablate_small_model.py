@@ -25,14 +25,16 @@ A variant is `name[:key=value;key=value...]`, each value a Python literal. `lr`,
 `text_layers_added=N` first appends N identity full-attention layers to it (`training.text_tuning`), `text_lr` is
 its lr, and the variant's release gets the tuned encoder; `text_pretrain_steps=N` (either mode) swaps the release's
 random text encoder for one pretrained on captions for N steps (`small_model.text_pretraining`, frozen; captions are
-encoded in the training step, so the same shards serve); an `ObjectiveConfig` field (noise_correlation,
-temporal_difference_weight, shift, ...) changes the objective; any other key is a `MotifVideoConfig` field
-(`ModelSource.overrides`; not with `--from-release`, which keeps the release's architecture). All variants use seed
-0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/, release/, eval/) and resumes there, so a finished
-variant is only re-scored. The table printed at the end (also `<out>/ablation.md`): rows = variants; the mean flow
-loss of the last 10% of steps, and the attributes correct on held-out and train prompts (the release's sampling
-defaults unless `--guidance-scale`). Strong guidance (the release's APG 8) lowers the scores of undertrained
-variants; compare at one setting.
+encoded in the training step, so the same shards serve); `repa_teacher_steps=N` (either mode) aligns block
+`repa_tap_block` (default 3) to a scene teacher trained for N steps (`small_model.scene_teacher`, written once to
+`<out>/<name>/teacher`) with weight `repa_weight` (default 0.5), online targets through the release's VAE; an
+`ObjectiveConfig` field (noise_correlation, temporal_difference_weight, shift, ...) changes the objective; any other
+key is a `MotifVideoConfig` field (`ModelSource.overrides`; not with `--from-release`, which keeps the release's
+architecture). All variants use seed 0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/, release/,
+eval/) and resumes there, so a finished variant is only re-scored. The table printed at the end (also
+`<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of steps, and the attributes correct on
+held-out and train prompts (the release's sampling defaults unless `--guidance-scale`). Strong guidance (the
+release's APG 8) lowers the scores of undertrained variants; compare at one setting.
 """
 
 from __future__ import annotations
