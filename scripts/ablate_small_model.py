@@ -63,11 +63,8 @@ STAGE_KEYS = ("lr", "batch", "steps")
 TEXT_KEYS = ("train_text_encoder", "text_layers_added", "text_lr")
 PRETRAIN_KEY = "text_pretrain_steps"  # small_model.text_pretraining: a caption-pretrained encoder, in either mode
 # REPA to the procedural scene teacher (small_model.scene_teacher), trained for `repa_teacher_steps` steps; online
-# targets (the release's VAE decodes each batch's clean latents); tap block and weight as REPA's defaults scaled
-# to the small model unless given.
+# targets (the release's VAE decodes each batch's clean latents); `small_repa`'s tap block and weight unless given.
 REPA_KEYS = ("repa_teacher_steps", "repa_weight", "repa_tap_block")
-REPA_TAP_BLOCK = 3  # after the 4th of the small model's 10 blocks (REPA: the 8th of 28)
-REPA_PROJECTOR_WIDTH = 256
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -152,8 +149,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
     (REPA, online targets through the release's VAE)."""
     import dataclasses
 
-    from motif_video.small_model.scene_teacher import FRAME_SIZE
-    from motif_video.training.repa import REPAConfig
+    from motif_video.small_model.scene_teacher import REPA_TAP_BLOCK, small_repa
 
     objective, model = _split(values)
     steps = int(values.get("steps", steps))
@@ -181,10 +177,8 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
     if text_encoder is not None:
         extra = dict(text_encoder=str(text_encoder), text_layers_added=int(values.get("text_layers_added", 0)))
     if teacher is not None:
-        repa = REPAConfig(enabled=True, teacher="dinov2", teacher_path=str(teacher), feature_source="online",
-                          tap_block=int(values.get("repa_tap_block", REPA_TAP_BLOCK)),
-                          weight=float(values.get("repa_weight", 0.5)), projector_width=REPA_PROJECTOR_WIDTH,
-                          teacher_input_size=FRAME_SIZE)  # fmt: skip
+        repa = small_repa(teacher, int(values.get("repa_tap_block", REPA_TAP_BLOCK)),
+                          float(values.get("repa_weight", 0.5)))  # fmt: skip
         stage = dataclasses.replace(stage, repa=repa)
         extra["vae"] = str(work / "release")
     return Recipe(
@@ -223,23 +217,14 @@ def pretrained_text_folder(work: Path, folder: Path, steps: int) -> Path:
     return folder
 
 
-def scene_teacher_folder(folder: Path, steps: int) -> Path:
-    """`folder` with a scene teacher trained for `steps` steps (seed 0); written once (atomically), then reused."""
-    from motif_video.small_model.scene_teacher import SceneTeacherConfig, save_scene_teacher, train_scene_teacher
-
-    if not (folder / "config.json").is_file():
-        model, accuracy = train_scene_teacher(0, SceneTeacherConfig(steps=steps))
-        logging.getLogger(__name__).info("scene teacher: last batch accuracy %s", accuracy)
-        save_scene_teacher(model, folder)
-    return folder
-
-
 def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: argparse.Namespace) -> dict:
     folder = out / name
     text_folder = teacher = None
     if PRETRAIN_KEY in values:
         text_folder = pretrained_text_folder(work, folder / "text", values[PRETRAIN_KEY])
     if "repa_teacher_steps" in values:
+        from motif_video.small_model.scene_teacher import scene_teacher_folder
+
         teacher = scene_teacher_folder(folder / "teacher", values["repa_teacher_steps"])
     recipe = variant_recipe(work, values, args.steps, args.batch, args.lr, args.from_release, text_folder, teacher)
     run = folder / "run"

@@ -47,5 +47,11 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     assert len((work / "data" / "prior-videos" / "manifest.jsonl").read_text().splitlines()) == plan.prior_videos
     default_prior = small_recipe(tmp_path, SmallModelPlan()).stages[-1]
     assert default_prior.sources["video"].path == str(tmp_path / "shards" / "videos")
+    assert all(s.repa is None for s in stages) and small_recipe(tmp_path, SmallModelPlan()).vae is None  # REPA off
+    aligned = small_recipe(tmp_path, SmallModelPlan(repa_teacher_steps=100))
+    assert [s.repa is not None and s.repa.enabled for s in aligned.stages] == [True, True, True, False]  # not prior
+    repa = aligned.stages[0].repa
+    assert (repa.teacher, repa.teacher_path, repa.feature_source) == ("dinov2", str(tmp_path / "teacher"), "online")
+    assert aligned.vae == str(tmp_path / "release")  # online targets decode the clean latents with the release VAE
     with pytest.raises(ValueError, match="set prior_steps too"):
         SmallModelPlan(prior_videos=10, prior_steps=0)

@@ -10,6 +10,7 @@ stopped (the VAE and the transformer resume from their own checkpoints):
                                  (`small_model.components`)
     shards/videos, shards/images `motif-video prepare` output (latents, text states, first frames, SigLIP tokens)
     shards/prior-videos          (only with `prior_videos`)
+    teacher/                     the REPA scene teacher (only with `repa_teacher_steps`)
     run/                         `motif-video train` run of `small_recipe` (metrics.jsonl, checkpoints)
     release/transformer          the EMA transformer, then model_index.json (release complete)
 
@@ -18,7 +19,8 @@ blocks with Shared Cross-Attention and a DDT decoder, trained with our recipe: r
 prompt dropout, joint T2V/I2V (first-frame channels and SigLIP tokens), images and videos interleaved
 (image, video, video), TREAD routing, EMA; then an anneal stage without TREAD and a "prior" stage on videos with
 frame-correlated noise (`ObjectiveConfig.noise_correlation`), which the release stores as its sampling default.
-REPA is off: no pretrained teacher can be downloaded here.
+REPA is off by default (`repa_teacher_steps`): no DINOv2 or V-JEPA can be downloaded here, and the teacher
+trained here on procedural frames (`small_model.scene_teacher`) is still being measured.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from motif_video.models.config import get_preset
+from motif_video.small_model.scene_teacher import small_repa
 from motif_video.training.objective import ObjectiveConfig
 from motif_video.training.parallel import ParallelConfig
 from motif_video.training.recipe import ModelSource, Recipe, Source, Stage
@@ -66,6 +69,9 @@ class SmallModelPlan:
     # train 46.0 / 58.2% -> 58.6 / 70.2% (two-object held-out 33.6 -> 52.6%); those models after 1,500 / 3,000 /
     # 4,500 video steps, T2V 34.2 / 49.5% -> 48.3 / 57.1%, 34.4 / 52.3% -> 43.8 / 57.4%, 34.2 / 52.6% -> 48.8 / 63.8%.
     text_pretrain_steps: int = 500
+    # REPA in stages 1-3 (off in the prior stage, as the report turns it off from stage 4) to a scene teacher trained
+    # for this many steps (`small_model.scene_teacher`, in <work>/teacher); 0: no REPA.
+    repa_teacher_steps: int = 0
     video_batch: int = 16
     image_batch: int = 32
     lr: float = 1e-3
@@ -106,15 +112,16 @@ def small_recipe(work_dir: Path, plan: SmallModelPlan) -> Recipe:
     prior = ObjectiveConfig(i2v_ratio=0.5, prompt_dropout=0.1, shift=plan.anneal_shift,
                             noise_correlation=plan.noise_correlation, **times)  # fmt: skip
     route = RouteConfig(start=1, end=6, ratio=0.5)  # dual block 1 .. encoder block 5; the decoder sees all tokens
+    repa = small_repa(work_dir / "teacher") if plan.repa_teacher_steps else None
     return Recipe(
         model=ModelSource(preset="motif-video-small"),
         stages=(
             Stage("images", plan.image_steps, {"image": images}, lr=plan.lr, warmup_steps=100, route=route,
-                  objective=objective),
+                  objective=objective, repa=repa),
             Stage("joint", plan.joint_steps, {"image": images, "video": videos}, ("image", "video", "video"),
-                  lr=plan.lr, route=route, objective=objective),
+                  lr=plan.lr, route=route, objective=objective, repa=repa),
             Stage("anneal", plan.anneal_steps, {"image": images, "video": videos}, ("image", "video", "video"),
-                  lr=plan.anneal_lr, route=None, objective=anneal),
+                  lr=plan.anneal_lr, route=None, objective=anneal, repa=repa),
         )
         + ((Stage("prior", plan.prior_steps, {"video": prior_videos}, lr=plan.anneal_lr, route=None,
                   objective=prior),)
@@ -125,6 +132,7 @@ def small_recipe(work_dir: Path, plan: SmallModelPlan) -> Recipe:
         ema_decay=0.999,
         parallel=ParallelConfig(param_dtype="float32", activation_checkpointing=False),
         tensorboard=False,
+        vae=str(work_dir / "release") if repa is not None else None,  # online REPA targets decode the latents
     )  # fmt: skip
 
 
@@ -138,6 +146,7 @@ def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to:
     from motif_video.data.prepare import prepare
     from motif_video.procedural import write_dataset
     from motif_video.small_model.components import build_release_components, finish_release
+    from motif_video.small_model.scene_teacher import scene_teacher_folder
     from motif_video.small_model.vae import train_vae
     from motif_video.training.export import export_transformer
     from motif_video.training.metrics import MetricsWriter
@@ -164,6 +173,8 @@ def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to:
         bucket = "1x64x64" if kind == "images" else "17x64x64"
         prepare(data / kind / "manifest.jsonl", release, work / "shards" / kind, bucket, samples_per_shard=500,
                 seed=plan.seed, dtype="float32", image_tokens=True, device="auto")  # fmt: skip
+    if plan.repa_teacher_steps:
+        scene_teacher_folder(work / "teacher", plan.repa_teacher_steps, plan.seed)
     recipe = small_recipe(work, plan)
     run = work / "run"
     start = resume_step(recipe, run) if (run / "recipe.json").is_file() else None

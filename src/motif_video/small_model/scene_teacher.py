@@ -215,5 +215,30 @@ def save_scene_teacher(model: Any, folder: str | Path) -> Path:
     return folder
 
 
+REPA_TAP_BLOCK = 3  # after the 4th of the small model's 10 blocks (REPA: after the 8th of SiT-XL's 28)
+REPA_PROJECTOR_WIDTH = 256  # REPA's 2048 is for width 1152; the small model is 128 wide
+
+
+def small_repa(teacher_dir: str | Path, tap_block: int = REPA_TAP_BLOCK, weight: float = 0.5) -> Any:
+    """The small model's `REPAConfig`: align to this scene teacher, targets computed online from the clean latents
+    (the recipe's `vae` decodes them), the teacher seeing 64 x 64 frames as it was trained."""
+    from motif_video.training.repa import REPAConfig
+
+    return REPAConfig(enabled=True, teacher="dinov2", teacher_path=str(teacher_dir), feature_source="online",
+                      tap_block=tap_block, weight=weight, projector_width=REPA_PROJECTOR_WIDTH,
+                      teacher_input_size=FRAME_SIZE)  # fmt: skip
+
+
+def scene_teacher_folder(folder: str | Path, steps: int, seed: int = 0) -> Path:
+    """`folder` holding a teacher trained for `steps` steps; trained and written once (atomically), then reused."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        model, accuracy = train_scene_teacher(seed, SceneTeacherConfig(steps=steps))
+        logger.info("scene teacher: %d steps, last batch accuracy %s", steps, accuracy)
+        save_scene_teacher(model, folder)
+    return folder
+
+
 __all__ = ["HEADS", "SceneTeacherConfig", "build_scene_teacher", "evaluate", "frame_targets", "sample_frames",
-           "save_scene_teacher", "teacher_input", "train_scene_teacher"]  # fmt: skip
+           "save_scene_teacher", "scene_teacher_folder", "small_repa", "teacher_input",
+           "train_scene_teacher"]  # fmt: skip
