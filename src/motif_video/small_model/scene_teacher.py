@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from motif_video.procedural import BACKGROUNDS, COLORS, SHAPES, SIZES, SceneSpec, render, sample_scene
 from motif_video.procedural.render import signed_distance
 from motif_video.procedural.scene import half_extent, trajectory
+from motif_video.small_model.supervised import fit_probe, warmup_cosine
 from motif_video.small_model.text_pretraining import SLOTS, object_slots
 from motif_video.training.teachers import IMAGENET_MEAN, IMAGENET_STD
 
@@ -167,7 +168,7 @@ def train_scene_teacher(seed: int = 0, config: SceneTeacherConfig = SceneTeacher
         correct: dict[str, float] = {}
         model.train()
         for step in range(config.steps):
-            scale = min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + np.cos(np.pi * step / config.steps))
+            scale = warmup_cosine(step, config.steps, config.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * scale
             pixels, targets = sample_frames(rng, config.batch_size, config.patch_size,
@@ -191,15 +192,10 @@ def evaluate(model: Any, split: str = "heldout", count: int = 256, seed: int = 0
     rng = np.random.default_rng([seed, 17])
     train_pixels, train_targets = sample_frames(rng, count, patch)
     features = _tokens(model, train_pixels)
-    with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         heads = _Heads(model.config.hidden_size)
-        optimizer = torch.optim.Adam(heads.parameters(), lr=1e-2)
-        for _ in range(probe_steps):
-            loss, _ = heads(features, train_targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        fit_probe(heads, features, train_targets, probe_steps)
     pixels, targets = sample_frames(rng, count, patch, split=split)
     return heads(_tokens(model, pixels), targets)[1]
 

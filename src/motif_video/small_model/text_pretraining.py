@@ -31,6 +31,7 @@ import torch
 
 from motif_video.procedural import COLORS, SHAPES, SIZES, SceneSpec, caption, sample_scene
 from motif_video.procedural.captions import CAPTION_VARIANTS, NUM_PHRASINGS
+from motif_video.small_model.supervised import fit_probe, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def pretrain_text_encoder(encoder: Any, tokenizer: Any, seed: int = 0,
         rng = np.random.default_rng([seed, 7])
         correct: dict[str, float] = {}
         for step in range(config.steps):
-            scale = min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + np.cos(np.pi * step / config.steps))
+            scale = warmup_cosine(step, config.steps, config.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * scale
             batch, targets = _batch(tokenizer, sample_captions(rng, config.batch_size, config))
@@ -175,15 +176,10 @@ def probe_accuracy(encoder: Any, tokenizer: Any, splits: tuple[str, ...] = ("hel
         return text(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state, targets
 
     train_states, train_targets = states_of(sample_captions(rng, count, config))
-    with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         heads = _Heads(text.config.hidden_size, text.config.vocab_size)
-        optimizer = torch.optim.Adam(heads.parameters(), lr=1e-2)
-        for _ in range(probe_steps):
-            loss, _ = heads(train_states, train_targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        fit_probe(heads, train_states, train_targets, probe_steps)
     return {split: heads(*states_of(sample_captions(rng, count, config, split=split)))[1] for split in splits}
 
 
