@@ -13,6 +13,7 @@ from motif_video.small_model.scene_teacher import (
     SceneTeacherConfig,
     build_scene_teacher,
     evaluate,
+    frame_at,
     frame_targets,
     save_scene_teacher,
     train_scene_teacher,
@@ -42,6 +43,10 @@ def test_targets_name_each_patch_of_each_object():
     assert np.array_equal(covered > 0, drawn)
 
     objects = (ObjectSpec("blue", "circle", "small", 0.25, 0.5), ObjectSpec("green", "triangle", "large", 0.7, 0.5))
+    # A clip's frame as a still image renders and labels exactly as the clip's frame does.
+    still = frame_at(one, 4)
+    assert np.array_equal(render(still, 1)[0], render(one, 17)[4])
+    assert all(np.array_equal(frame_targets(still, 0, 1, 8)[h], targets[h]) for h in HEADS)
     two = SceneSpec("white", objects, relation="left_of", image=True)
     targets = frame_targets(two, 0, 1, 8)
     left, right = targets["slot"][4, 2], targets["slot"][3, 5]  # inside the circle (x 16); inside the triangle

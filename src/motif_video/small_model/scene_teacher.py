@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +112,23 @@ def frame_targets(spec: SceneSpec, frame: int, num_frames: int, patch: int) -> d
     return out
 
 
+def frame_at(spec: SceneSpec, frame: int, num_frames: int = 17) -> SceneSpec:
+    """The still image of a clip's frame `frame`: every object where the clip has it then (render it with one frame
+    instead of rendering the whole clip for one frame)."""
+    centres = trajectory(spec, num_frames, FRAME_SIZE, FRAME_SIZE)[frame]
+    objects = tuple(replace(o, x=float(c[0]) / FRAME_SIZE, y=float(c[1]) / FRAME_SIZE)
+                    for o, c in zip(spec.objects, centres))  # fmt: skip
+    return replace(spec, objects=objects, direction="still", speed=None, image=True)
+
+
 def sample_frames(rng: np.random.Generator, count: int, patch: int, split: str = "train",
                   two_object_prob: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """`count` frames of `split` clips, (B, 3, 64, 64) in [-1, 1], and each head's targets (B, g, g, classes)."""
     frames, targets = [], {head: [] for head in HEADS}
     for _ in range(count):
-        spec = sample_scene(rng, split=split, two_object_prob=two_object_prob)
-        t = int(rng.integers(17))
-        frames.append(render(spec, 17, FRAME_SIZE, FRAME_SIZE)[t])
-        for head, value in frame_targets(spec, t, 17, patch).items():
+        still = frame_at(sample_scene(rng, split=split, two_object_prob=two_object_prob), int(rng.integers(17)))
+        frames.append(render(still, 1, FRAME_SIZE, FRAME_SIZE)[0])
+        for head, value in frame_targets(still, 0, 1, patch).items():
             targets[head].append(value)
     pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return pixels, {head: torch.from_numpy(np.stack(v)) for head, v in targets.items()}
@@ -235,6 +243,6 @@ def scene_teacher_folder(folder: str | Path, steps: int, seed: int = 0) -> Path:
     return folder
 
 
-__all__ = ["HEADS", "SceneTeacherConfig", "build_scene_teacher", "evaluate", "frame_targets", "sample_frames",
-           "save_scene_teacher", "scene_teacher_folder", "small_repa", "teacher_input",
+__all__ = ["HEADS", "SceneTeacherConfig", "build_scene_teacher", "evaluate", "frame_at", "frame_targets",
+           "sample_frames", "save_scene_teacher", "scene_teacher_folder", "small_repa", "teacher_input",
            "train_scene_teacher"]  # fmt: skip
