@@ -149,7 +149,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
     (REPA, online targets through the release's VAE)."""
     import dataclasses
 
-    from motif_video.small_model.scene_teacher import REPA_TAP_BLOCK, small_repa
+    from motif_video.small_model.scene_teacher import small_repa
 
     objective, model = _split(values)
     steps = int(values.get("steps", steps))
@@ -177,9 +177,8 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
     if text_encoder is not None:
         extra = dict(text_encoder=str(text_encoder), text_layers_added=int(values.get("text_layers_added", 0)))
     if teacher is not None:
-        repa = small_repa(teacher, int(values.get("repa_tap_block", REPA_TAP_BLOCK)),
-                          float(values.get("repa_weight", 0.5)))  # fmt: skip
-        stage = dataclasses.replace(stage, repa=repa)
+        given = {key[len("repa_") :]: values[key] for key in ("repa_tap_block", "repa_weight") if key in values}
+        stage = dataclasses.replace(stage, repa=small_repa(teacher, **given))  # small_repa's defaults otherwise
         extra["vae"] = str(work / "release")
     return Recipe(
         model=source,
