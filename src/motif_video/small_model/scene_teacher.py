@@ -36,7 +36,7 @@ from motif_video.procedural.render import signed_distance
 from motif_video.procedural.scene import half_extent, trajectory
 from motif_video.small_model.supervised import fit_probe, warmup_cosine
 from motif_video.small_model.text_pretraining import SLOTS, object_slots
-from motif_video.training.teachers import IMAGENET_MEAN, IMAGENET_STD
+from motif_video.training.teachers import prepare_frames
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +135,8 @@ def sample_frames(rng: np.random.Generator, count: int, patch: int, split: str =
 
 
 def teacher_input(pixels: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] frames -> what the teacher sees: ImageNet-normalised, as `DinoV2Teacher` feeds a 64 x 64 frame."""
-    mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((pixels + 1.0) / 2.0 - mean) / std
+    """[-1, 1] frames -> what the teacher sees: exactly what `DinoV2Teacher` feeds it for a 64 x 64 frame."""
+    return prepare_frames(pixels, tuple(pixels.shape[-2:]), pixels.dtype)
 
 
 class _Heads(torch.nn.Module):

@@ -60,7 +60,7 @@ def _check_video(video: torch.Tensor) -> None:
         raise ValueError(f"teacher input must be a video (B, 3, F, H, W) in [-1, 1], got {tuple(video.shape)}")
 
 
-def _prepare_frames(frames: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+def prepare_frames(frames: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """frames: (M, 3, H, W) in [-1, 1] -> (M, 3, *size) ImageNet-normalised, in `dtype`."""
     x = (frames.float() + 1.0) / 2.0
     if tuple(x.shape[-2:]) != size:
@@ -134,7 +134,7 @@ class DinoV2Teacher(Teacher):
         frames = video.transpose(1, 2).reshape(b * t, 3, h, w)  # (B*T, 3, H, W)
         tokens = []
         for chunk in frames.split(self.chunk_size):
-            pixels = _prepare_frames(chunk, size, self.dtype)
+            pixels = prepare_frames(chunk, size, self.dtype)
             tokens.append(self.model(pixel_values=pixels).last_hidden_state[:, self.num_prefix_tokens :])
         grid = (t, size[0] // self.patch_size, size[1] // self.patch_size)
         features = torch.cat(tokens).reshape(b, t * grid[1] * grid[2], -1)  # (B, T*H_t*W_t, D), t-h-w
@@ -165,7 +165,7 @@ class VJEPA2Teacher(Teacher):
         b, _, t, h, w = video.shape
         frames = video.transpose(1, 2).reshape(b * t, 3, h, w)
         size = (self.crop_size, self.crop_size)
-        pixels = torch.cat([_prepare_frames(chunk, size, self.dtype) for chunk in frames.split(64)])  # bounded fp32
+        pixels = torch.cat([prepare_frames(chunk, size, self.dtype) for chunk in frames.split(64)])  # bounded fp32
         pixels = pixels.reshape(b, t, 3, self.crop_size, self.crop_size)  # (B, T, C, H, W), as VJEPA2Model wants
         features = self.model(pixel_values_videos=pixels, skip_predictor=True).last_hidden_state
         side = self.crop_size // self.patch_size
@@ -209,4 +209,5 @@ __all__ = [
     "TeacherKind",
     "VJEPA2Teacher",
     "load_teacher",
+    "prepare_frames",
 ]
