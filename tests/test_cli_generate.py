@@ -174,3 +174,18 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_size_precheck_uses_the_local_models_patch(tmp_path):
+    from motif_video.generate import GenerateSettings, local_patch
+
+    release = tmp_path / "release"
+    (release / "transformer").mkdir(parents=True)
+    out = str(tmp_path / "clip.mp4")
+    (release / "transformer" / "config.json").write_text(json.dumps({"patch_size": 1, "patch_size_t": 1}))
+    assert local_patch(str(release)) == (1, 1)
+    GenerateSettings(["a red circle"], model=str(release), height=40, width=24, output=out).validate()  # 8 * 1
+    (release / "transformer" / "config.json").write_text(json.dumps({"patch_size": 2, "patch_size_t": None}))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        GenerateSettings(["a red circle"], model=str(release), height=40, output=out).validate()
+    assert local_patch("Motif-Technologies/Motif-Video-2B") == local_patch(None) == (2, 1)

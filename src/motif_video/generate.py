@@ -28,6 +28,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
 
 
+def local_patch(model: str | None) -> tuple[int, int]:
+    """(spatial, temporal) patch of a local release's transformer, read from its config.json without loading it, so
+    a size check before the load uses the model's own; the official (2, 1) for a hub id, the default model or a
+    folder without that file (the pipeline checks again once the model is loaded)."""
+    import json
+
+    from motif_video.models.config import MotifVideoConfig
+
+    default = (MotifVideoConfig.patch_size, MotifVideoConfig.patch_size_t)
+    config = Path(model) / "transformer" / "config.json" if model else None
+    if config is None or not config.is_file():
+        return default
+    try:
+        stored = json.loads(config.read_text())
+        return int(stored.get("patch_size", default[0])), int(stored.get("patch_size_t") or default[1])
+    except (ValueError, TypeError, OSError):
+        return default  # an unreadable config is reported by the load, with its own message
+
+
 @dataclass
 class GenerateSettings:
     """One generation run. `None` means the model's default (size, frames, fps, steps) or the task's (shift)."""
@@ -60,7 +79,7 @@ class GenerateSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Every check that needs no model; raises ValueError with what to change."""
+        """Every check that needs no model load; raises ValueError with what to change."""
         if not self.prompts:
             raise ValueError("no prompt: pass --prompt TEXT or --prompt-file FILE")
         for prompt in self.prompts:
@@ -70,7 +89,9 @@ class GenerateSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        check_video_size(self.height or 16, self.width or 16, self.num_frames or 1)
+        patch, patch_t = local_patch(self.model)
+        step = 8 * patch
+        check_video_size(self.height or step, self.width or step, self.num_frames or 1, patch, patch_t)
         if self.noise_correlation is not None:
             check_noise_correlation(self.noise_correlation)
         if self.offload not in OFFLOAD_MODES:
