@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from motif_video.pipeline.guidance import GuidanceConfig
 from motif_video.procedural import eval_prompts
 from motif_video.procedural.captions import CAPTION_VARIANTS
 from motif_video.small_model import (
@@ -137,9 +138,10 @@ def test_release_without_transformer_then_finished_generates(tmp_path) -> None:
     text_dim, image_dim = text_dims()
     transformer = MotifVideoTransformer.from_preset("tiny", text_embed_dim=text_dim, image_embed_dim=image_dim)
     transformer.save_pretrained(str(tmp_path / "transformer"))
-    finish_release(release, tmp_path / "transformer")
+    finish_release(release, tmp_path / "transformer", guidance_scale=2.0)
     pipe = MotifVideoPipeline.from_pretrained(str(release))
     assert (pipe.defaults.height, pipe.defaults.num_frames) == (64, 17)
+    assert pipe.guidance == GuidanceConfig(scale=2.0)  # only the scale differs from the official APG settings
     encoder = build_small_text_encoder(0)
     for p, q in zip(pipe.text_encoder.state_dict().values(), encoder.state_dict().values()):
         assert torch.equal(p, q)  # the frozen encoder survives save / load exactly
@@ -155,3 +157,4 @@ def test_release_without_transformer_then_finished_generates(tmp_path) -> None:
     reference = DiffusersPipeline.from_pretrained(release)  # the official loader reads the same folder
     assert type(reference.transformer).__name__ == "MotifVideoTransformer3DModel"
     assert reference.vae.config.latents_std == [0.5] * 16
+    assert reference.guider.config.guidance_scale == 2.0

@@ -33,6 +33,7 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     assert len((work / "run" / "metrics.jsonl").read_text().splitlines()) == 4
     assert small_recipe(tmp_path, plan).stages[1].interleave == ("image", "video", "video")
     assert pipe.defaults.noise_correlation == plan.noise_correlation > 0  # the release samples as the prior stage
+    assert pipe.guidance.scale == plan.guidance_scale != 8.0  # the plan's guider scale, not the official one
     assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9]
     stages = small_recipe(tmp_path, SmallModelPlan()).stages
     assert {(s.objective.logit_mean, s.objective.logit_std) for s in stages} == {(1.0, 1.2)}  # every stage

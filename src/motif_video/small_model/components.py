@@ -13,8 +13,9 @@
        model_index.json    written last; "transformer": [null, null] until step 2, so our loader refuses the
                            folder ("has no 'transformer' component") instead of loading half a model
 
-2. `finish_release(release_dir, transformer_dir)`: copies an exported transformer folder in and rewrites
-   model_index.json (atomically, last) to name it. The folder then loads with `MotifVideoPipeline.from_pretrained`
+2. `finish_release(release_dir, transformer_dir)`: copies an exported transformer folder in, optionally sets the
+   guider's scale (`guidance_scale`: what the trained model samples best with), and rewrites model_index.json
+   (atomically, last) to name it. The folder then loads with `MotifVideoPipeline.from_pretrained`
    (and diffusers') and generates at `SMALL_DEFAULTS` (`_motif_video_defaults`, read by pipeline/loading.py).
 
 The index is tiny.model_index() (the classes the tiny release is tested to load with) with our defaults.
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from motif_video.pipeline import tiny
-from motif_video.pipeline.loading import DEFAULTS_KEY, INDEX, TRANSFORMER_CLASS
+from motif_video.pipeline.guidance import GuidanceConfig
+from motif_video.pipeline.loading import DEFAULTS_KEY, GUIDER_FILES, INDEX, TRANSFORMER_CLASS
 from motif_video.small_model.text_encoder import (
     PRETRAINED_TEXT_ENCODER,
     SMALL_TEXT_ENCODER,
@@ -131,11 +133,30 @@ def build_release_components(
     return root
 
 
+def set_guidance_scale(release_dir: str | Path, scale: float) -> Path:
+    """Rewrite the release's guider config with guidance `scale`, every other setting kept; atomic. Returns the
+    file. The scale is APG's in the original formulation (v_cond + scale * d), so 0 means no guidance."""
+    folder = Path(release_dir) / "guider"
+    path = next((folder / name for name in GUIDER_FILES if (folder / name).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{folder} has none of {GUIDER_FILES}: not a built release")
+    stored = json.loads(path.read_text())
+    guidance = GuidanceConfig.from_diffusers_config(stored).replace(scale=float(scale))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**stored, **guidance.to_diffusers_config()}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def finish_release(
-    release_dir: str | Path, transformer_dir: str | Path, defaults: dict[str, Any] | None = None
+    release_dir: str | Path,
+    transformer_dir: str | Path,
+    defaults: dict[str, Any] | None = None,
+    guidance_scale: float | None = None,
 ) -> Path:
     """Copy an exported transformer folder (config.json + weights) into the release; index rewritten last, with
-    SMALL_DEFAULTS updated by `defaults` (what the training used, e.g. its noise_correlation)."""
+    SMALL_DEFAULTS updated by `defaults` (what the training used, e.g. its noise_correlation). `guidance_scale`:
+    the guider's scale (`set_guidance_scale`); None keeps the guider as built (the official 8)."""
     root, source = Path(release_dir), Path(transformer_dir)
     missing = [name for name in COMPONENTS if not (root / name).is_dir()]
     if missing or not (root / INDEX).is_file():
@@ -149,6 +170,8 @@ def finish_release(
     if found != expected:
         raise ValueError(f"transformer reads (text, image) widths {found}, the text encoder gives {expected}")
     (root / INDEX).unlink()
+    if guidance_scale is not None:
+        set_guidance_scale(root, guidance_scale)
     staging = root / "transformer.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
@@ -167,5 +190,6 @@ __all__ = [
     "finish_release",
     "load_trained_vae",
     "release_index",
+    "set_guidance_scale",
     "text_dims",
 ]
