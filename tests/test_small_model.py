@@ -138,10 +138,10 @@ def test_release_without_transformer_then_finished_generates(tmp_path) -> None:
     text_dim, image_dim = text_dims()
     transformer = MotifVideoTransformer.from_preset("tiny", text_embed_dim=text_dim, image_embed_dim=image_dim)
     transformer.save_pretrained(str(tmp_path / "transformer"))
-    finish_release(release, tmp_path / "transformer", guidance_scale=2.0)
+    finish_release(release, tmp_path / "transformer", guidance=dict(scale=2.0, stop=0.7))
     pipe = MotifVideoPipeline.from_pretrained(str(release))
     assert (pipe.defaults.height, pipe.defaults.num_frames) == (64, 17)
-    assert pipe.guidance == GuidanceConfig(scale=2.0)  # only the scale differs from the official APG settings
+    assert pipe.guidance == GuidanceConfig(scale=2.0, stop=0.7)  # only these differ from the official APG settings
     encoder = build_small_text_encoder(0)
     for p, q in zip(pipe.text_encoder.state_dict().values(), encoder.state_dict().values()):
         assert torch.equal(p, q)  # the frozen encoder survives save / load exactly
@@ -157,4 +157,4 @@ def test_release_without_transformer_then_finished_generates(tmp_path) -> None:
     reference = DiffusersPipeline.from_pretrained(release)  # the official loader reads the same folder
     assert type(reference.transformer).__name__ == "MotifVideoTransformer3DModel"
     assert reference.vae.config.latents_std == [0.5] * 16
-    assert reference.guider.config.guidance_scale == 2.0
+    assert (reference.guider.config.guidance_scale, reference.guider.config.stop) == (2.0, 0.7)

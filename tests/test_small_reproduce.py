@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from motif_video.pipeline.guidance import GuidanceConfig
 from motif_video.small_model.reproduce import SmallModelPlan, reproduce, sampling_correlation, small_recipe
 
 
@@ -33,7 +34,10 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     assert len((work / "run" / "metrics.jsonl").read_text().splitlines()) == 4
     assert small_recipe(tmp_path, plan).stages[1].interleave == ("image", "video", "video")
     assert pipe.defaults.noise_correlation == plan.noise_correlation > 0  # the release samples as the prior stage
-    assert pipe.guidance.scale == plan.guidance_scale != 8.0  # the plan's guider scale, not the official one
+    assert (pipe.guidance.scale, pipe.guidance.stop) == (plan.guidance_scale, plan.guidance_stop)  # the plan's
+    assert pipe.guidance.replace(scale=8.0, stop=1.0) == GuidanceConfig()  # and otherwise the official APG
+    with pytest.raises(ValueError, match="guidance_stop"):
+        SmallModelPlan(guidance_stop=0.0)
     assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9]
     stages = small_recipe(tmp_path, SmallModelPlan()).stages
     assert {(s.objective.logit_mean, s.objective.logit_std) for s in stages} == {(1.0, 1.2)}  # every stage

@@ -14,7 +14,7 @@
                            folder ("has no 'transformer' component") instead of loading half a model
 
 2. `finish_release(release_dir, transformer_dir)`: copies an exported transformer folder in, optionally sets the
-   guider's scale (`guidance_scale`: what the trained model samples best with), and rewrites model_index.json
+   guider's scale and interval (`guidance`: what the trained model samples best with), and rewrites model_index.json
    (atomically, last) to name it. The folder then loads with `MotifVideoPipeline.from_pretrained`
    (and diffusers') and generates at `SMALL_DEFAULTS` (`_motif_video_defaults`, read by pipeline/loading.py).
 
@@ -133,15 +133,19 @@ def build_release_components(
     return root
 
 
-def set_guidance_scale(release_dir: str | Path, scale: float) -> Path:
-    """Rewrite the release's guider config with guidance `scale`, every other setting kept; atomic. Returns the
-    file. The scale is APG's in the original formulation (v_cond + scale * d), so 0 means no guidance."""
+def set_guidance(release_dir: str | Path, **changes: float) -> Path:
+    """Rewrite the release's guider config with `changes` to `GuidanceConfig` fields (scale, start, stop), every
+    other setting kept; atomic. Returns the file. APG's scale is in the original formulation (v_cond + scale * d:
+    0 means no guidance); `stop` < 1 guides only the first `stop` of the steps (the noisiest ones)."""
     folder = Path(release_dir) / "guider"
     path = next((folder / name for name in GUIDER_FILES if (folder / name).is_file()), None)
     if path is None:
         raise FileNotFoundError(f"{folder} has none of {GUIDER_FILES}: not a built release")
+    unknown = set(changes) - {"scale", "start", "stop"}
+    if unknown:
+        raise ValueError(f"set_guidance changes scale, start and stop, not {sorted(unknown)}")
     stored = json.loads(path.read_text())
-    guidance = GuidanceConfig.from_diffusers_config(stored).replace(scale=float(scale))
+    guidance = GuidanceConfig.from_diffusers_config(stored).replace(**{k: float(v) for k, v in changes.items()})
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({**stored, **guidance.to_diffusers_config()}, indent=2) + "\n")
     os.replace(tmp, path)
@@ -152,11 +156,11 @@ def finish_release(
     release_dir: str | Path,
     transformer_dir: str | Path,
     defaults: dict[str, Any] | None = None,
-    guidance_scale: float | None = None,
+    guidance: dict[str, float] | None = None,
 ) -> Path:
     """Copy an exported transformer folder (config.json + weights) into the release; index rewritten last, with
-    SMALL_DEFAULTS updated by `defaults` (what the training used, e.g. its noise_correlation). `guidance_scale`:
-    the guider's scale (`set_guidance_scale`); None keeps the guider as built (the official 8)."""
+    SMALL_DEFAULTS updated by `defaults` (what the training used, e.g. its noise_correlation). `guidance`: the
+    guider's scale / start / stop (`set_guidance`); None keeps the guider as built (the official APG 8)."""
     root, source = Path(release_dir), Path(transformer_dir)
     missing = [name for name in COMPONENTS if not (root / name).is_dir()]
     if missing or not (root / INDEX).is_file():
@@ -170,8 +174,8 @@ def finish_release(
     if found != expected:
         raise ValueError(f"transformer reads (text, image) widths {found}, the text encoder gives {expected}")
     (root / INDEX).unlink()
-    if guidance_scale is not None:
-        set_guidance_scale(root, guidance_scale)
+    if guidance:
+        set_guidance(root, **guidance)
     staging = root / "transformer.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
@@ -190,6 +194,6 @@ __all__ = [
     "finish_release",
     "load_trained_vae",
     "release_index",
-    "set_guidance_scale",
+    "set_guidance",
     "text_dims",
 ]

@@ -12,7 +12,7 @@ stopped (the VAE and the transformer resume from their own checkpoints):
     shards/prior-videos          (only with `prior_videos`)
     teacher/                     the REPA scene teacher (only with `repa_teacher_steps`)
     run/                         `motif-video train` run of `small_recipe` (metrics.jsonl, checkpoints)
-    release/transformer          the EMA transformer, the guider's scale (`guidance_scale`), then model_index.json
+    release/transformer          the EMA transformer, the plan's guider settings, then model_index.json
                                  (release complete)
 
 The transformer is the real architecture at toy width (`SMALL_TRANSFORMER`): dual-stream blocks, single-stream
@@ -86,17 +86,24 @@ class SmallModelPlan:
     # 58.1% and train 72.4% / 76.0%, against 39.8% / 43.2% and 44.5% / 44.2% with (0, 1) and shift 2.
     logit_mean: float = 1.0
     logit_std: float = 1.2
-    # The release's guider scale (APG, original formulation: v_cond + scale * d; the official release uses 8). Measured
-    # on the 14,500-video-step model (README; 48 held-out prompts): held-out T2V 75.4% at 8, 63.9 / 81.8 / 82.1 /
-    # 81.3% at 0 / 1 / 2 / 4, I2V 77.8% at 8, 79.4% at 2. Strong guidance draws small objects large (size 64.6% at 8,
-    # 91.7% at 2) and spoils half-finished clips (`completion_by_noise.py`, 32 training clips, attributes correct
-    # from t0 = 1 / 0.4: 81.5 / 74.1% at 8, 87.3 / 96.1% at 1).
-    guidance_scale: float = 2.0
+    # The release's guider: APG at `guidance_scale` (original formulation, v_cond + scale * d; the official release
+    # uses 8 on every step) on the first `guidance_stop` of the steps, none after. Measured on the 14,500-video-step
+    # model (README; 48 held-out prompts, T2V / I2V attributes correct): 8 on every step 75.4 / 77.8%; 0 / 1 / 2 / 4
+    # on every step 63.9 / 81.8 / 82.1 / 81.3% T2V (I2V 81.1% at 1, 79.4% at 2); 3 / 4 / 6 / 8 on the first half
+    # 82.3 / 82.3 / 81.3 / 81.6% T2V (I2V 81.1 / 83.7 / 84.0%); 4 on the first 70% 81.8 / 85.9%. Strong guidance late
+    # in sampling draws small objects large (size 64.6% at 8 on every step, 91.7% at 2) and spoils half-finished
+    # clips (`completion_by_noise.py`, 32 training clips, attributes correct from t0 = 1 / 0.4: 81.5 / 74.1% at 8,
+    # 87.3 / 96.1% at 1).
+    guidance_scale: float = 4.0
+    guidance_stop: float = 0.7
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.prior_videos and not self.prior_steps:
             raise ValueError(f"prior_videos={self.prior_videos} are the prior stage's clips: set prior_steps too")
+        if self.guidance_scale < 0 or not 0.0 < self.guidance_stop <= 1.0:
+            raise ValueError(f"guidance_scale must be >= 0 and guidance_stop in (0, 1], got {self.guidance_scale}, "
+                             f"{self.guidance_stop}")  # fmt: skip
         if not 0.0 <= self.prior_two_object_prob <= 1.0:
             raise ValueError(f"prior_two_object_prob must be in [0, 1], got {self.prior_two_object_prob}")
 
@@ -195,7 +202,7 @@ def reproduce(work_dir: str | Path, plan: SmallModelPlan | None = None, ship_to:
     exported = work / "transformer"
     export_transformer(final, exported, use_ema=True)  # always: a few MB, and the run may have gained stages
     finish_release(release, exported, defaults={"noise_correlation": sampling_correlation(plan)},
-                   guidance_scale=plan.guidance_scale)  # fmt: skip
+                   guidance=dict(scale=plan.guidance_scale, stop=plan.guidance_stop))  # fmt: skip
     if ship_to is not None:
         ship = Path(ship_to)
         tmp = ship.with_name(ship.name + ".tmp")
