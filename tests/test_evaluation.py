@@ -60,7 +60,8 @@ class ClipPipeline:
     def __call__(self, prompt, image=None, height=None, width=None, num_frames=None, generator=None, **kwargs):
         if self.fail_batches and len(prompt) > 1:
             raise torch.cuda.OutOfMemoryError("fake out of memory")
-        self.calls.append(dict(prompts=list(prompt), image=image, seeds=[g.initial_seed() for g in generator]))
+        seeds = [g.initial_seed() for g in generator]
+        self.calls.append(dict(prompts=list(prompt), image=image, seeds=seeds, guidance=kwargs.get("guidance")))
         clips = [render(self.truth[p], num_frames, height, width).astype(np.float32) / 255 for p in prompt]
         return type("Output", (), {"frames": np.stack(clips)})()
 
@@ -158,6 +159,18 @@ def test_out_of_memory_falls_back_to_one_prompt_per_call():
     report = run_eval(EvalSettings("unused", splits=("heldout",), num_prompts=3), progress=False, pipe=fake)
     assert len(report.videos) == 3 and report.table("heldout", "t2v").overall == 1.0
     assert all(len(c["prompts"]) == 1 for c in fake.calls)
+
+
+def test_guidance_stop_reaches_the_pipeline_and_the_settings_line():
+    fake = ClipPipeline(_truth(1))
+    settings = EvalSettings("unused", splits=("heldout",), num_prompts=1, guidance_stop=0.7)
+    report = run_eval(settings, progress=False, pipe=fake)
+    assert fake.calls[0]["guidance"] == GuidanceConfig(stop=0.7) and report.settings["guidance_stop"] == 0.7
+    assert "guidance scale 8.0 on the first 70% of steps," in format_report(report)
+    report = run_eval(dataclasses.replace(settings, guidance_stop=None), progress=False, pipe=fake)
+    assert fake.calls[-1]["guidance"] == GuidanceConfig() and "guidance scale 8.0," in format_report(report)
+    with pytest.raises(ValueError, match="guidance_stop"):
+        EvalSettings("unused", guidance_stop=0.0).validate()
 
 
 def test_cli_writes_results_table_and_videos(release, tmp_path, capsys):

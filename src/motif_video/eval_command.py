@@ -41,6 +41,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     cmd.add_argument("--num-prompts", type=int, default=48, help="prompts per split (default 48)")
     cmd.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     cmd.add_argument("--guidance-scale", type=float, help="guidance strength (default: the model's)")
+    cmd.add_argument(
+        "--guidance-stop", type=float, help="fraction of the steps guided, the noisiest first (default: the model's)"
+    )
     cmd.add_argument("--shift", type=float, help="static sigma shift (default: the model's, per mode)")
     cmd.add_argument(
         "--noise-correlation", type=float, help="between latent frames of the starting noise (default: the model's)"
@@ -76,6 +79,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         num_prompts=args.num_prompts,
         steps=args.steps,
         guidance_scale=args.guidance_scale,
+        guidance_stop=args.guidance_stop,
         shift=args.shift,
         noise_correlation=args.noise_correlation,
         seed=args.seed,

@@ -57,6 +57,7 @@ class EvalSettings:
     num_prompts: int = 48  # per split; 48 = 6 x the 7 held-out pairs + 6
     steps: int | None = None
     guidance_scale: float | None = None
+    guidance_stop: float | None = None  # fraction of steps guided (the noisiest first); None: the release's
     shift: float | None = None  # None: the release's (per mode)
     noise_correlation: float | None = None  # None: the release's
     seed: int = 0  # video i of a split is generated from seed + i
@@ -86,6 +87,8 @@ class EvalSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.guidance_stop is not None and not 0.0 < self.guidance_stop <= 1.0:
+            raise ValueError(f"guidance_stop is a fraction of the steps in (0, 1], got {self.guidance_stop}")
         if self.output is not None and Path(self.output).is_file():
             raise ValueError(f"output {self.output} is a file: pass a folder")
         from motif_video.generate import GenerateSettings
@@ -171,6 +174,7 @@ def run_eval(settings: EvalSettings, progress: bool = True, pipe: Any | None = N
     resolved = dict(
         steps=settings.steps or d.num_inference_steps,
         guidance_scale=settings.guidance_scale if settings.guidance_scale is not None else pipe.guidance.scale,
+        guidance_stop=settings.guidance_stop if settings.guidance_stop is not None else pipe.guidance.stop,
         fps=d.fps,
         model_source=getattr(pipe, "source", None),
         shift={
@@ -262,6 +266,7 @@ def _generate(
         width=resolved["width"],
         num_frames=1 if mode == "t2i" else resolved["num_frames"],
         num_inference_steps=resolved["steps"],
+        guidance=pipe.guidance.replace(stop=resolved["guidance_stop"]),
         guidance_scale=resolved["guidance_scale"],
         output_type="np",
     )
@@ -303,6 +308,11 @@ def heldout_failures(report: EvalReport, min_accuracy: float) -> list[str]:
                 f"{100 * min_accuracy:.1f}% ({table.videos} videos)"
             )
     return failures
+
+
+def _interval_text(settings: dict[str, Any]) -> str:
+    stop = settings.get("guidance_stop", 1.0)  # results written before guidance_stop: every step
+    return "" if stop >= 1.0 else f" on the first {100 * stop:.0f}% of steps"
 
 
 def _shift_text(shift: Any) -> str:
@@ -379,7 +389,7 @@ def format_report(report: EvalReport) -> str:
         f"Model `{s['model']}`; {s['num_prompts']} prompts per split ({s['variant']} captions, prompt set "
         f"{s['prompt_seed']}), {s['steps']} steps, shift {_shift_text(s.get('shift'))}, "
         f"noise correlation {s.get('noise_correlation', 0.0):g}, "
-        f"guidance scale {s['guidance_scale']}, seed {s['seed']}, "
+        f"guidance scale {s['guidance_scale']}{_interval_text(s)}, seed {s['seed']}, "
         f"{1 if s['mode'] == 't2i' else s['num_frames']}x{s['height']}x{s['width']}. {len(report.videos)} "
         f"{'images' if s['mode'] == 't2i' else 'videos'} in {t.get('total_s', 0):.1f} s "
         f"({t.get('s_per_video', 0):.2f} s/video after a {t.get('load_s', 0):.1f} s load).",
