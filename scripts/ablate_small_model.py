@@ -33,8 +33,8 @@ key is a `MotifVideoConfig` field (`ModelSource.overrides`; not with `--from-rel
 architecture). All variants use seed 0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/, release/,
 eval/) and resumes there, so a finished variant is only re-scored. The table printed at the end (also
 `<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of steps, and the attributes correct on
-held-out and train prompts (the release's sampling defaults unless `--guidance-scale`). Strong guidance (the
-release's APG 8) lowers the scores of undertrained variants; compare at one setting.
+held-out and train prompts (the release's sampling defaults unless `--guidance-scale` / `--guidance-stop`). Strong
+guidance (the official APG 8 on every step) lowers the scores of undertrained variants; compare at one setting.
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: 
     finish_release(release, folder / "transformer", defaults={"noise_correlation": stage.objective.noise_correlation})
     mode = "t2v" if args.from_release else "t2i"
     settings = EvalSettings(str(release), mode=mode, num_prompts=args.num_prompts, device=args.device,
-                            guidance_scale=args.guidance_scale, output=str(folder / "eval"))  # fmt: skip
+                            guidance_scale=args.guidance_scale, guidance_stop=args.guidance_stop,
+                            output=str(folder / "eval"))  # fmt: skip
     report = run_eval(settings, progress=False)
     return dict(name=name, values=values, steps=stage.steps, loss=tail_loss(run / "metrics.jsonl", stage.steps),
                 heldout=report.table("heldout", mode).overall, train=report.table("train", mode).overall)  # fmt: skip
@@ -264,6 +265,8 @@ def format_rows(rows: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {r['name']} | {changes} | {r['steps']} | {r['loss']:.4f} | {100 * r['heldout']:.1f}% | "
                      f"{100 * r['train']:.1f}% |")  # fmt: skip
     guidance = "the release's guidance" if args.guidance_scale is None else f"guidance scale {args.guidance_scale:g}"
+    if args.guidance_stop is not None:
+        guidance += f" on the first {100 * args.guidance_stop:.0f}% of steps"
     start = "fine-tuned from the release on videos" if args.from_release else "from scratch on images"
     batch = "the reproduction's batch" if args.from_release and args.batch is None else f"batch {args.batch or 32}"
     lr = "its last stage's lr" if args.from_release and args.lr is None else f"lr {args.lr or 1e-3:g}"
@@ -286,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         help="fine-tune the work folder's release on videos and score T2V (default: T2I from scratch)",
     )
     parser.add_argument("--num-prompts", type=int, default=48, help="prompts per split")
-    parser.add_argument("--guidance-scale", type=float, help="sampling guidance (default: the release's, APG 8)")
+    parser.add_argument("--guidance-scale", type=float, help="sampling guidance (default: the release's)")
+    parser.add_argument("--guidance-stop", type=float, help="fraction of steps guided (default: the release's)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     work, out = Path(args.work), Path(args.out)

@@ -54,15 +54,17 @@ def _tiny_run(work: Path, out: Path, *flags: str) -> list[str]:
 
 def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, capsys):
     work = toy_reproduction[0]  # its image shards and release
-    argv = _tiny_run(work, tmp_path / "ab", "--variant", "base", "--variant", "p1:patch_size=1")
+    variants = ["--variant", "base", "--variant", "p1:patch_size=1"]
+    argv = _tiny_run(work, tmp_path / "ab", *variants, "--guidance-stop", "0.5")
     assert script["main"](argv) == 0
     table = capsys.readouterr().out
     assert "| base | none | 2 |" in table and "| p1 | patch_size=1 | 2 |" in table
-    assert "2 steps, batch 2, lr 0.001, seed 0; 1 T2I prompts per split, guidance scale 1." in table
+    assert "lr 0.001, seed 0; 1 T2I prompts per split, guidance scale 1 on the first 50% of steps." in table
     config = json.loads((tmp_path / "ab" / "p1" / "release" / "transformer" / "config.json").read_text())
     assert config["patch_size"] == 1
     results = json.loads((tmp_path / "ab" / "p1" / "eval" / "results.json").read_text())
-    assert results["settings"]["guidance_scale"] == 1.0 and results["settings"]["mode"] == "t2i"
+    assert (results["settings"]["guidance_scale"], results["settings"]["guidance_stop"]) == (1.0, 0.5)
+    assert results["settings"]["mode"] == "t2i"
     assert (tmp_path / "ab" / "ablation.md").read_text() in table  # the table, also as a file
     metrics = (tmp_path / "ab" / "base" / "run" / "metrics.jsonl").read_text()
     assert script["main"](argv) == 0  # finished variants are re-scored, not retrained
