@@ -30,7 +30,9 @@ encoded in the training step, so the same shards serve); `repa_teacher_steps=N` 
 `<out>/<name>/teacher`) with weight `repa_weight` (default 0.5), online targets through the release's VAE; an
 `ObjectiveConfig` field (noise_correlation, temporal_difference_weight, shift, ...) changes the objective; any other
 key is a `MotifVideoConfig` field (`ModelSource.overrides`; not with `--from-release`, which keeps the release's
-architecture). All variants use seed 0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/, release/,
+architecture). A variant that trains on the shards' text states (no caption encoding in the step) is refused when
+they come from another encoder than the release's, which it is sampled with (`check_shard_text`). All variants use
+seed 0 and EMA 0.999. Each writes `<out>/<name>/` (run/, transformer/, release/,
 eval/) and resumes there, so a finished variant is only re-scored. The table printed at the end (also
 `<out>/ablation.md`): rows = variants; the mean flow loss of the last 10% of steps, and the attributes correct on
 held-out and train prompts (the release's sampling defaults unless `--guidance-scale` / `--guidance-stop`). Strong
@@ -216,6 +218,28 @@ def pretrained_text_folder(work: Path, folder: Path, steps: int) -> Path:
     return folder
 
 
+def check_shard_text(shards: Path, release: Path) -> None:
+    """A variant that trains on the shards' text states (no caption encoding in the step) must get the states of the
+    encoder it will be sampled with, the release's: the shards' null_text.safetensors (the empty prompt's encoding,
+    written by `prepare`) must equal that encoder's. ValueError saying what to do otherwise."""
+    import torch
+    from safetensors.torch import load_file
+
+    from motif_video.pipeline import MotifVideoPipeline
+    from motif_video.pipeline.conditioning import encode_text
+
+    stored = load_file(str(shards / "null_text.safetensors"))["text"]
+    pipe = MotifVideoPipeline.from_pretrained(str(release), components={"transformer": None, "scheduler": None})
+    embeds, mask = encode_text(pipe.tokenizer, pipe.text_encoder, [""], 512, torch.device("cpu"), torch.float32)
+    ours = embeds[0][mask[0]]
+    if ours.shape != stored.shape or not torch.allclose(ours, stored, atol=1e-4, rtol=1e-4):
+        raise ValueError(
+            f"{shards} holds text states of another text encoder than {release}'s (their empty-prompt encodings "
+            "differ): training on them would not match sampling. Encode captions in the step with the release's "
+            "encoder (variant key train_text_encoder=False, with --from-release), or prepare the shards again"
+        )
+
+
 def run_variant(work: Path, out: Path, name: str, values: dict[str, Any], args: argparse.Namespace) -> dict:
     folder = out / name
     text_folder = teacher = None
@@ -309,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"{work} is not a reproduction folder (missing {', '.join(map(str, missing))}); "
                      "run scripts/train_small_model.py first")  # fmt: skip
+    shards = needed[0]
+    if any(not any(k in values for k in (*TEXT_KEYS, PRETRAIN_KEY)) for _, values in variants):
+        try:  # some variant trains on the shards' text states
+            check_shard_text(shards, work / "release")
+        except ValueError as error:
+            parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rows = [run_variant(work, out, name, values, args) for name, values in variants]
     table = format_rows(rows, args)

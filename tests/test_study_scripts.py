@@ -86,6 +86,25 @@ def test_ablation_trains_scores_and_resumes(script, toy_reproduction, tmp_path, 
         assert message in capsys.readouterr().err  # before anything trains
 
 
+def test_ablation_refuses_shards_of_another_text_encoder(script, toy_reproduction, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    work, other = toy_reproduction[0], tmp_path / "other"
+    (other / "shards").mkdir(parents=True)
+    (other / "release").symlink_to(work / "release")
+    shutil.copytree(work / "shards" / "videos", other / "shards" / "videos")
+    script["check_shard_text"](other / "shards" / "videos", other / "release")  # the release's own states: fine
+    null = other / "shards" / "videos" / "null_text.safetensors"
+    save_file({"text": load_file(str(null))["text"] + 0.1 * torch.ones(1)}, str(null))  # another encoder's
+    with pytest.raises(SystemExit):
+        script["main"](["--work", str(other), "--out", str(tmp_path / "o"), "--from-release", "--variant", "x:lr=1e-4"])
+    assert "holds text states of another text encoder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything trains
+
+
 def test_fine_tune_ablation_continues_the_release_on_videos(script, toy_reproduction, tmp_path, capsys):
     work = toy_reproduction[0]
     argv = _tiny_run(work, tmp_path / "ft", "--from-release", "--variant", "diff:temporal_difference_weight=2.0")
