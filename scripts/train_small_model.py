@@ -18,15 +18,28 @@ import logging
 from motif_video.small_model.reproduce import SmallModelPlan, reproduce
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, SmallModelPlan]:
+    """The command line and its plan: one flag per `SmallModelPlan` field (`--tread` / `--no-tread` for booleans)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/small", help="work folder (default runs/small)")
     parser.add_argument("--ship", help="copy the release here (src/motif_video/_weights/motif-video-small)")
     for field in dataclasses.fields(SmallModelPlan):
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(field.default), default=field.default, help=f"(default {field.default})")
-    args = parser.parse_args()
-    plan = SmallModelPlan(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SmallModelPlan)})
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            kind = type(field.default)
+            parser.add_argument(flag, type=kind, default=field.default, help=f"(default {field.default})")
+    args = parser.parse_args(argv)
+    try:
+        plan = SmallModelPlan(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SmallModelPlan)})
+    except ValueError as error:
+        parser.error(str(error))
+    return args, plan
+
+
+def main() -> None:
+    args, plan = parse()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     print(reproduce(args.work, plan, ship_to=args.ship))
 

@@ -39,14 +39,26 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     with pytest.raises(ValueError, match="guidance_stop"):
         SmallModelPlan(guidance_stop=0.0)
     assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9]
+    # the default plan is the shipped model's lineage: images, then videos with correlated noise; no TREAD, no REPA
     stages = small_recipe(tmp_path, SmallModelPlan()).stages
+    assert [(s.name, s.steps, s.lr) for s in stages] == [("images", 5000, 1e-3), ("prior", 30000, 1e-3)]
+    assert all(s.route is None and s.repa is None for s in stages)
     assert {(s.objective.logit_mean, s.objective.logit_std) for s in stages} == {(1.0, 1.2)}  # every stage
-    assert [s.objective.shift for s in stages] == [1.0] * 4  # the default plan shifts no further
-    low_t = small_recipe(tmp_path, SmallModelPlan(logit_mean=0.0, logit_std=1.0, anneal_shift=2.0)).stages
+    assert [s.objective.shift for s in stages] == [1.0, 1.0]  # the default plan shifts no further
+    toy = small_recipe(tmp_path, plan).stages  # every stage, TREAD on in the first two (the toy run trained it)
+    assert [s.name for s in toy] == ["images", "joint", "anneal", "prior"]
+    assert [s.route is not None for s in toy] == [True, True, False, False]
+    low_t = small_recipe(tmp_path, SmallModelPlan(logit_mean=0.0, logit_std=1.0, anneal_shift=2.0, joint_steps=1,
+                                                  anneal_steps=1)).stages  # fmt: skip
     assert {(s.objective.logit_mean, s.objective.logit_std) for s in low_t} == {(0.0, 1.0)}
     assert [s.objective.shift for s in low_t] == [1.0, 1.0, 2.0, 2.0]  # the anneal and prior stages
-    no_prior = SmallModelPlan(prior_steps=0)
-    assert len(small_recipe(tmp_path, no_prior).stages) == 3 and sampling_correlation(no_prior) == 0.0
+    no_prior = SmallModelPlan(prior_steps=0, joint_steps=1)
+    assert [s.name for s in small_recipe(tmp_path, no_prior).stages] == ["images", "joint"]
+    assert sampling_correlation(no_prior) == 0.0
+    with pytest.raises(ValueError, match="at least one stage"):
+        SmallModelPlan(image_steps=0, prior_steps=0)
+    with pytest.raises(ValueError, match="stage steps must be >= 0"):
+        SmallModelPlan(joint_steps=-1)
     # the prior stage reads its own clips when there are any (the toy plan has 3), else the joint stage's videos
     assert small_recipe(work, plan).stages[-1].sources["video"].path == str(work / "shards" / "prior-videos")
     assert len((work / "data" / "prior-videos" / "manifest.jsonl").read_text().splitlines()) == plan.prior_videos
@@ -54,7 +66,7 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     assert default_prior.sources["video"].path == str(tmp_path / "shards" / "videos")
     off = small_recipe(tmp_path, SmallModelPlan(repa_teacher_steps=0))
     assert all(s.repa is None for s in off.stages) and off.vae is None
-    aligned = small_recipe(tmp_path, SmallModelPlan())  # the default plan aligns stages 1-3
+    aligned = small_recipe(tmp_path, SmallModelPlan(repa_teacher_steps=1500, joint_steps=1, anneal_steps=1))
     assert (work / "teacher" / "config.json").is_file()  # the toy reproduction trained its teacher
     assert [s.repa is not None and s.repa.enabled for s in aligned.stages] == [True, True, True, False]  # not prior
     repa = aligned.stages[0].repa
@@ -62,3 +74,18 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     assert aligned.vae == str(tmp_path / "release")  # online targets decode the clean latents with the release VAE
     with pytest.raises(ValueError, match="set prior_steps too"):
         SmallModelPlan(prior_videos=10, prior_steps=0)
+
+
+def test_train_small_model_flags_are_the_plan(capsys):
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "train_small_model.py"))
+    args, plan = script["parse"]([])
+    assert plan == SmallModelPlan() and args.work == "runs/small" and args.ship is None
+    _, plan = script["parse"](["--tread", "--prior-steps", "10", "--prior-lr", "3e-4", "--joint-steps", "5"])
+    assert (plan.tread, plan.prior_steps, plan.prior_lr, plan.joint_steps) == (True, 10, 3e-4, 5)
+    assert script["parse"](["--no-tread"])[1].tread is False
+    with pytest.raises(SystemExit):  # a plan the dataclass refuses is a one-line usage error
+        script["parse"](["--image-steps", "0", "--prior-steps", "0"])
+    assert "at least one stage" in capsys.readouterr().err

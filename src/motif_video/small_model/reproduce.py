@@ -17,11 +17,18 @@ stopped (the VAE and the transformer resume from their own checkpoints):
 
 The transformer is the real architecture at toy width (`SMALL_TRANSFORMER`): dual-stream blocks, single-stream
 blocks with Shared Cross-Attention and a DDT decoder, trained with our recipe: rectified flow, logit-normal t,
-prompt dropout, joint T2V/I2V (first-frame channels and SigLIP tokens), images and videos interleaved
-(image, video, video), TREAD routing, EMA; then an anneal stage without TREAD and a "prior" stage on videos with
-frame-correlated noise (`ObjectiveConfig.noise_correlation`), which the release stores as its sampling default.
-REPA (stages 1-3) aligns to a teacher trained here on procedural frames (`small_model.scene_teacher`), since no
-DINOv2 or V-JEPA can be downloaded here; `repa_teacher_steps=0` turns it off.
+prompt dropout, joint T2V/I2V (first-frame channels and SigLIP tokens), EMA. The stages, each left out at 0 steps:
+
+    images   still images from scratch (TREAD with `tread`, REPA with `repa_teacher_steps`)
+    joint    images and videos interleaved (image, video, video), same options
+    anneal   the same mix without TREAD at `anneal_lr`
+    prior    videos only with frame-correlated noise (`ObjectiveConfig.noise_correlation`), which the release
+             stores as its sampling default
+
+The defaults are the shipped model's: a frozen caption-pretrained text encoder, 5,000 image steps, then 30,000
+prior-stage video steps, no TREAD and no REPA (the README's "Small model" section has the measurements behind each
+choice). REPA aligns to a teacher trained here on procedural frames (`small_model.scene_teacher`), since no DINOv2
+or V-JEPA can be downloaded here.
 """
 
 from __future__ import annotations
@@ -47,21 +54,30 @@ SMALL_TRANSFORMER = get_preset("motif-video-small")
 class SmallModelPlan:
     """Sizes and budgets of a reproduction; the defaults are the shipped model's."""
 
-    num_videos: int = 4000
-    num_images: int = 2000
+    num_videos: int = 2000
+    num_images: int = 4000
     vae_steps: int = 0  # 0: the VAE trainer's default budget (`small_model.vae`)
-    image_steps: int = 300  # stage 1: images only
-    joint_steps: int = 3000  # stage 2: image, video, video
-    anneal_steps: int = 5000  # stage 3: the same mix, no TREAD, lower lr (and anneal_shift, if > 1)
+    image_steps: int = 5000  # stage 1: images only
+    # Stages 2 (image, video, video) and 3 (the same mix, no TREAD, `anneal_lr`, and `anneal_shift` if > 1); a stage
+    # with 0 steps is left out. The shipped model has neither: its video steps are all in the prior stage (README).
+    joint_steps: int = 0
+    anneal_steps: int = 0
     anneal_lr: float = 3e-4
     anneal_shift: float = 1.0  # on top of logit_mean: no further shift (2.0 with logit-normal(0, 1))
-    prior_steps: int = 8000  # stage 4: videos only, no TREAD, frame-correlated noise (the release samples with it)
+    # Stage 4: videos only, no TREAD, frame-correlated noise (the release samples with it), at `prior_lr`. The shipped
+    # model's 30,000 video steps at 1e-3 (constant after 50 warmup steps) were still gaining when they stopped (held-out
+    # T2V 81.8 / 84.0 / 85.2 / 88.3% after 14,500 / 17,500 / 20,500 / 23,500; README).
+    prior_steps: int = 30000
+    prior_lr: float = 1e-3
     noise_correlation: float = 0.9
-    # Stage 4 on its own clips, mostly two-object scenes (0: it reuses stage 2-3's videos, 40% two-object). Binding
-    # a word to its object is what two-object prompts lack; measured as a fine-tune of `runs/cen` on 3,000 such
-    # clips (`ablate_small_model.py --work runs/two`): held-out T2V 51.9% -> 55.0 / 56.0 / 57.2 / 58.6% after
-    # 2,000 / 4,000 / 6,000 / 8,000 steps, binding ratio (`attribute_binding.py`, colour, t = 0.95) 1.7 -> 2.2 /
-    # 2.5 / 2.7 / 3.1.
+    # TREAD routing (dual block 1 .. encoder block 5 at 50%) in stages 1-2. Off in the shipped model: at this size a
+    # routed model is far worse on the full sequence it samples with (flow loss 0.46 unrouted vs 0.20 routed at
+    # t = 0.6, samples unusable) unless an unrouted stage follows, and the shipped lineage trained unrouted throughout.
+    tread: bool = False
+    # The prior stage on its own clips, mostly two-object scenes (0: it reuses the videos of the other stages, 40%
+    # two-object). Measured as a fine-tune of `runs/cen` on 3,000 such clips (`ablate_small_model.py --work
+    # runs/two`): held-out T2V 51.9% -> 55.0 / 56.0 / 57.2 / 58.6% after 2,000 / 4,000 / 6,000 / 8,000 steps, binding
+    # ratio (`attribute_binding.py`, colour, t = 0.95) 1.7 -> 2.2 / 2.5 / 2.7 / 3.1.
     prior_videos: int = 0
     prior_two_object_prob: float = 0.85
     # The frozen text encoder is pretrained on train-split captions for this many steps (`text_pretraining`): each
@@ -73,8 +89,10 @@ class SmallModelPlan:
     # REPA in stages 1-3 (off in the prior stage, as the report turns it off from stage 4) to a scene teacher trained
     # for this many steps (`small_model.scene_teacher`, in <work>/teacher); 0: no REPA. Measured on images from
     # scratch (README; pretrained text encoder, 5,000 steps, same seed and data): held-out / train T2I 58.6 / 70.2%
-    # without, 78.6 / 82.7% with (colour 40.6 -> 90.6%, relation 68.3 -> 96.8%; flow loss 0.226 -> 0.197).
-    repa_teacher_steps: int = 1500
+    # without, 78.6 / 82.7% with (colour 40.6 -> 90.6%, relation 68.3 -> 96.8%; flow loss 0.226 -> 0.197). Off by
+    # default: the shipped model's image stage ran without it (online targets make a step 2.5-3x slower here) and
+    # no REPA-started model has been trained on videos.
+    repa_teacher_steps: int = 0
     video_batch: int = 16
     image_batch: int = 32
     lr: float = 1e-3
@@ -99,6 +117,10 @@ class SmallModelPlan:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        budgets = dict(image_steps=self.image_steps, joint_steps=self.joint_steps, anneal_steps=self.anneal_steps,
+                       prior_steps=self.prior_steps)  # fmt: skip
+        if min(budgets.values()) < 0 or not any(budgets.values()):
+            raise ValueError(f"stage steps must be >= 0 with at least one stage > 0, got {budgets}")
         if self.prior_videos and not self.prior_steps:
             raise ValueError(f"prior_videos={self.prior_videos} are the prior stage's clips: set prior_steps too")
         if self.guidance_scale < 0 or not 0.0 < self.guidance_stop <= 1.0:
@@ -127,21 +149,23 @@ def small_recipe(work_dir: Path, plan: SmallModelPlan) -> Recipe:
     # one frame, so nothing to correlate.
     prior = ObjectiveConfig(i2v_ratio=0.5, prompt_dropout=0.1, shift=plan.anneal_shift,
                             noise_correlation=plan.noise_correlation, **times)  # fmt: skip
-    route = RouteConfig(start=1, end=6, ratio=0.5)  # dual block 1 .. encoder block 5; the decoder sees all tokens
+    mix = ("image", "video", "video")
+    # TREAD: dual block 1 .. encoder block 5 at 50%; the decoder sees all tokens
+    route = RouteConfig(start=1, end=6, ratio=0.5) if plan.tread else None
     repa = small_repa(work_dir / "teacher") if plan.repa_teacher_steps else None
+    stages = [  # (name, steps, Stage options); a stage with 0 steps is left out
+        ("images", plan.image_steps, dict(sources={"image": images}, lr=plan.lr, warmup_steps=100, route=route,
+                                          objective=objective, repa=repa)),
+        ("joint", plan.joint_steps, dict(sources={"image": images, "video": videos}, interleave=mix, lr=plan.lr,
+                                         route=route, objective=objective, repa=repa)),
+        ("anneal", plan.anneal_steps, dict(sources={"image": images, "video": videos}, interleave=mix,
+                                           lr=plan.anneal_lr, route=None, objective=anneal, repa=repa)),
+        ("prior", plan.prior_steps, dict(sources={"video": prior_videos}, lr=plan.prior_lr, warmup_steps=50,
+                                         route=None, objective=prior)),
+    ]  # fmt: skip
     return Recipe(
         model=ModelSource(preset="motif-video-small"),
-        stages=(
-            Stage("images", plan.image_steps, {"image": images}, lr=plan.lr, warmup_steps=100, route=route,
-                  objective=objective, repa=repa),
-            Stage("joint", plan.joint_steps, {"image": images, "video": videos}, ("image", "video", "video"),
-                  lr=plan.lr, route=route, objective=objective, repa=repa),
-            Stage("anneal", plan.anneal_steps, {"image": images, "video": videos}, ("image", "video", "video"),
-                  lr=plan.anneal_lr, route=None, objective=anneal, repa=repa),
-        )
-        + ((Stage("prior", plan.prior_steps, {"video": prior_videos}, lr=plan.anneal_lr, route=None,
-                  objective=prior),)
-           if plan.prior_steps else ()),
+        stages=tuple(Stage(name, steps, **options) for name, steps, options in stages if steps),
         seed=plan.seed,
         log_every=25,
         checkpoint_every=250,
