@@ -20,7 +20,8 @@ the frozen text encoder, VAE and scheduler (and, with `--from-release`, the star
   and is scored on T2V. Words a model learns late (shape, direction, speed) only show after the early ones
   (background, colour, size), which a short run from scratch never reaches.
 
-A variant is `name[:key=value;key=value...]`, each value a Python literal. `lr`, `batch` and `steps` set the stage;
+A variant is `name[:key=value;key=value...]`, each value a Python literal. `lr`, `batch` and `steps` set the stage
+(`decay_steps` / `decay_to`: its last steps decay the lr linearly to decay_to x lr);
 `train_text_encoder=True` (with `--from-release`) trains the release's text encoder with the transformer,
 `text_layers_added=N` first appends N identity full-attention layers to it (`training.text_tuning`), `text_lr` is
 its lr, and the variant's release gets the tuned encoder; `text_pretrain_steps=N` (either mode) swaps the release's
@@ -60,7 +61,7 @@ from motif_video.training.recipe import ModelSource, Recipe, Source, Stage, reci
 from motif_video.training.run import final_checkpoint, resume_step, run_recipe
 from motif_video.training.text_tuning import export_text_encoder, load_text_encoder
 
-STAGE_KEYS = ("lr", "batch", "steps")
+STAGE_KEYS = ("lr", "batch", "steps", "decay_steps", "decay_to")  # decay: the stage's last steps, lr -> decay_to x lr
 # training.text_tuning: tune the release's text encoder (with --from-release)
 TEXT_KEYS = ("train_text_encoder", "text_layers_added", "text_lr")
 PRETRAIN_KEY = "text_pretrain_steps"  # small_model.text_pretraining: a caption-pretrained encoder, in either mode
@@ -155,6 +156,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
 
     objective, model = _split(values)
     steps = int(values.get("steps", steps))
+    decay = dict(decay_steps=int(values.get("decay_steps", 0)), decay_to=float(values.get("decay_to", 0.0)))
     extra: dict[str, Any] = {}  # Recipe fields: the text encoder, the VAE
     if from_release:
         last = reproduction_recipe(work).stages[-1]
@@ -163,7 +165,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
         videos = Source(str(work / "shards" / "videos"), batch_size=int(values.get("batch", batch or default_batch)),
                         shuffle_window=2048)  # fmt: skip
         stage = Stage("videos", steps, {"video": videos}, lr=float(values.get("lr", lr or last.lr)), warmup_steps=50,
-                      route=None, objective=dataclasses.replace(last.objective, **objective),
+                      route=None, **decay, objective=dataclasses.replace(last.objective, **objective),
                       train_text_encoder=bool(values.get("train_text_encoder", False)),
                       text_lr=values.get("text_lr"))  # fmt: skip
         source = ModelSource(pretrained=str(work / "release"))
@@ -174,7 +176,7 @@ def variant_recipe(work: Path, values: dict[str, Any], steps: int, batch: int | 
                         shuffle_window=2048)  # fmt: skip
         base = ObjectiveConfig(prompt_dropout=0.1)
         stage = Stage("images", steps, {"image": images}, lr=float(values.get("lr", lr or 1e-3)), warmup_steps=100,
-                      route=None, objective=dataclasses.replace(base, **objective))  # fmt: skip
+                      route=None, **decay, objective=dataclasses.replace(base, **objective))  # fmt: skip
         source = ModelSource(preset="motif-video-small", overrides=model)
     if text_encoder is not None:
         extra = dict(text_encoder=str(text_encoder), text_layers_added=int(values.get("text_layers_added", 0)))

@@ -337,6 +337,13 @@ def test_curriculum_run_killed_anywhere_resumes_bit_identical(tmp_path):
         assert torch.equal(got[k], v), ("lengthened", k)
     with pytest.raises(ValueError, match="different recipe"):
         run_recipe(short, tmp_path / "lengthened")  # shortening a stage is an edit
+    # a last stage that decays its lr took decayed steps: lengthening it is an edit, not a continuation
+    last = dataclasses.replace(short.stages[2], decay_steps=1)
+    decayed = dataclasses.replace(short, stages=(*short.stages[:2], last))
+    run_recipe(decayed, tmp_path / "decayed")
+    longer = dataclasses.replace(decayed, stages=(*decayed.stages[:2], dataclasses.replace(last, steps=2)))
+    with pytest.raises(ValueError, match="different recipe"):
+        run_recipe(longer, tmp_path / "decayed")
     edited = dataclasses.replace(recipe, stages=(dataclasses.replace(recipe.stages[0], lr=0.5), *recipe.stages[1:]))
     with pytest.raises(ValueError, match="different recipe"):
         run_recipe(edited, tmp_path / "extended")  # appending is allowed, editing a stage is not

@@ -267,3 +267,23 @@ def test_training_from_shards_resumes_exactly(tmp_path):
     expected = _state(full)
     for k, v in _state(resumed).items():
         assert torch.equal(v, expected[k]), k
+
+
+def test_lr_warms_up_stays_then_decays_to_its_floor(tmp_path):
+    import dataclasses
+
+    from motif_video.training.recipe import Source, Stage
+    from motif_video.training.trainer import lr_multiplier
+
+    assert [lr_multiplier(2)(s) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]  # warmup, then constant
+    wsd = [lr_multiplier(2, steps=8, decay_steps=4, decay_to=0.2)(s) for s in range(8)]
+    assert wsd[:4] == [0.5, 1.0, 1.0, 1.0] and wsd[-1] == pytest.approx(0.2)  # the last step reaches the floor
+    assert wsd[3:] == sorted(wsd[3:], reverse=True) and wsd[4] == pytest.approx(0.8)  # linear, 1 -> 0.2 over 4 steps
+    assert lr_multiplier(4, steps=4, decay_steps=4)(3) == 0.0  # warmup and decay overlap: the lower one wins
+
+    # the loop applies it: each logged row carries the lr its step was taken with
+    config = dataclasses.replace(CONFIG, steps=4, warmup_steps=0, decay_steps=2, decay_to=0.5, checkpoint_every=4)
+    rows = train(config, _model(), SyntheticBatches(), tmp_path)
+    assert [row["lr"] for row in rows] == pytest.approx([2e-3, 2e-3, 1.5e-3, 1e-3])
+    with pytest.raises(ValueError, match="decay_steps must be in"):
+        Stage("s", 4, {"video": Source("runs/videos", 1)}, decay_steps=5)

@@ -81,6 +81,8 @@ class Stage:
     interleave: tuple[str, ...] = ()  # e.g. ("image", "video", "video"); empty = the sources in name order
     lr: float = 1e-4
     warmup_steps: int = 0
+    decay_steps: int = 0  # the stage's last steps decay the lr linearly to decay_to x lr (warmup-stable-decay)
+    decay_to: float = 0.0
     route: RouteConfig | None = None
     repa: REPAConfig | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -96,6 +98,9 @@ class Stage:
             raise ValueError(f"stage {self.name!r} has no data sources")
         if not self.name or "/" in self.name:
             raise ValueError(f"stage name {self.name!r} must be non-empty and contain no '/'")
+        if not 0 <= self.decay_steps <= self.steps or not 0.0 <= self.decay_to <= 1.0:
+            raise ValueError(f"stage {self.name!r}: decay_steps must be in [0, steps={self.steps}] and decay_to in "
+                             f"[0, 1], got {self.decay_steps}, {self.decay_to}")  # fmt: skip
         if self.text_lr is not None and not self.train_text_encoder:
             raise ValueError(f"stage {self.name!r}: text_lr is the tuned text encoder's lr: set train_text_encoder")
 

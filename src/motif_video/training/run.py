@@ -205,7 +205,8 @@ def _current_form(saved: dict[str, Any]) -> dict[str, Any]:
 
 def _extends(saved: dict[str, Any], payload: dict[str, Any]) -> bool:
     """True when `payload` continues the run of `saved`: the same recipe with more stages appended and/or more steps
-    for its last stage (learning rates are constant after warmup, so either equals having planned it so)."""
+    for its last stage (learning rates are constant after warmup, so either equals having planned it so; a last stage
+    that decays its lr has already taken decayed steps, so it cannot be lengthened)."""
     same = {k: v for k, v in saved.items() if k != "stages"} == {k: v for k, v in payload.items() if k != "stages"}
     old, new = saved.get("stages", []), payload.get("stages", [])
     if not same or not old or len(new) < len(old) or new[: len(old) - 1] != old[:-1]:
@@ -214,7 +215,8 @@ def _extends(saved: dict[str, Any], payload: dict[str, Any]) -> bool:
     if last == grown:
         return len(new) > len(old)
     rest = lambda stage: {k: v for k, v in stage.items() if k != "steps"}  # noqa: E731
-    return rest(last) == rest(grown) and grown.get("steps", 0) > last.get("steps", 0)
+    longer = grown.get("steps", 0) > last.get("steps", 0)
+    return rest(last) == rest(grown) and longer and not last.get("decay_steps", 0)
 
 
 def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device) -> tuple[TrainModule, Any]:
@@ -350,6 +352,8 @@ def _train_config(recipe: Recipe, index: int, stage: Stage) -> TrainConfig:
         steps=stage.steps,
         lr=stage.lr,
         warmup_steps=stage.warmup_steps,
+        decay_steps=stage.decay_steps,
+        decay_to=stage.decay_to,
         weight_decay=recipe.weight_decay,
         betas=recipe.betas,
         grad_clip=recipe.grad_clip,

@@ -1,4 +1,4 @@
-"""The training loop: rectified flow + TREAD + joint T2V/I2V, AdamW with warmup, clipping, EMA, exact resume.
+"""The training loop: rectified flow + TREAD + joint T2V/I2V, AdamW with warmup and decay, clipping, EMA, exact resume.
 
 `train(config, model, reader, run_dir)` runs `config.steps` optimizer steps. The model is parallelised from
 outside (`parallel.parallelize`), so the same loop runs in one process or under torchrun with FSDP2.
@@ -70,6 +70,8 @@ class TrainConfig:
     steps: int
     lr: float = 1e-4
     warmup_steps: int = 0
+    decay_steps: int = 0  # the last `decay_steps` steps decay the lr linearly to `decay_to` x lr (0: constant)
+    decay_to: float = 0.0
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -91,9 +93,20 @@ class Batches(Iterator[dict]):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def warmup_constant(warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup over `warmup_steps`, then constant."""
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+def lr_multiplier(
+    warmup_steps: int, steps: int = 0, decay_steps: int = 0, decay_to: float = 0.0
+) -> Callable[[int], float]:
+    """LR multiplier of optimizer step `step` (0-based): linear warmup over `warmup_steps`, constant, then over the
+    last `decay_steps` of `steps` a linear decay that reaches `decay_to` on the last step (warmup-stable-decay)."""
+
+    def multiplier(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        left = steps - step  # steps still to take, this one included
+        if decay_steps <= 0 or left > decay_steps:
+            return warm
+        return min(warm, decay_to + (1.0 - decay_to) * (left - 1) / decay_steps)
+
+    return multiplier
 
 
 def make_ema(model: torch.nn.Module, init: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -164,7 +177,9 @@ def train(
         _param_groups(model, config), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=False
     )
     init_optimizer_state(model, optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(config.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(config.warmup_steps, config.steps, config.decay_steps, config.decay_to)
+    )
     ema = make_ema(model, ema_init) if config.ema_decay is not None else None
     generator = torch.Generator(device="cpu").manual_seed(config.seed * 100_003 + rank)
     checkpoints = Path(run_dir) / "checkpoints"
@@ -191,6 +206,7 @@ def train(
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
+        step_lr = scheduler.get_last_lr()[0]  # the lr this step took (logged), before the schedule moves on
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
@@ -208,7 +224,7 @@ def train(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            row = dict(step=step, loss=float(loss.detach()), grad_norm=float(norm), lr=scheduler.get_last_lr()[0])
+            row = dict(step=step, loss=float(loss.detach()), grad_norm=float(norm), lr=step_lr)
             row.update({name: float(value.detach()) for name, value in parts.items()})
             row.update(window.rates(time.perf_counter(), world_size, peak_flops))
             row["step_s"] = time.perf_counter() - started
