@@ -75,7 +75,7 @@ def free_port() -> int:
 
 TOY_PLAN_SIZES = dict(num_videos=6, num_images=4, vae_steps=2, image_steps=2, joint_steps=3, anneal_steps=2,
                       prior_steps=2, prior_videos=3, video_batch=2, image_batch=2, text_pretrain_steps=3,
-                      repa_teacher_steps=2, tread=True)  # fmt: skip
+                      repa_teacher_steps=2, tread=True, polish_steps=2)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

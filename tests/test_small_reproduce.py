@@ -14,7 +14,7 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     work, ship, plan = toy_reproduction
     assert (ship / "model_index.json").is_file() and (ship / "transformer" / "config.json").is_file()
     rows = (work / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 4  # the last step of each stage is always logged
+    assert len(rows) == 5  # the last step of each stage is always logged
 
     from motif_video import MotifVideoPipeline
 
@@ -31,32 +31,34 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
 
     again = reproduce(work, plan)  # everything done: nothing is redone
     assert again == work / "release"
-    assert len((work / "run" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert len((work / "run" / "metrics.jsonl").read_text().splitlines()) == 5
     assert small_recipe(tmp_path, plan).stages[1].interleave == ("image", "video", "video")
     assert pipe.defaults.noise_correlation == plan.noise_correlation > 0  # the release samples as the prior stage
     assert (pipe.guidance.scale, pipe.guidance.stop) == (plan.guidance_scale, plan.guidance_stop)  # the plan's
     assert pipe.guidance.replace(scale=8.0, stop=1.0) == GuidanceConfig()  # and otherwise the official APG
     with pytest.raises(ValueError, match="guidance_stop"):
         SmallModelPlan(guidance_stop=0.0)
-    assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9]
+    assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9, 0.9]
     # the default plan is the shipped model's lineage: images, then videos with correlated noise; no TREAD, no REPA
     stages = small_recipe(tmp_path, SmallModelPlan()).stages
-    assert [(s.name, s.steps, s.lr) for s in stages] == [("images", 5000, 1e-3), ("prior", 30000, 1e-3)]
+    assert [(s.name, s.steps, s.lr) for s in stages] == [("images", 5000, 1e-3), ("prior", 30000, 1e-3),
+                                                         ("polish", 2000, 2.5e-4)]  # fmt: skip
+    assert [s.objective.blur_max for s in stages] == [1.0, 1.0, 0.0]  # polish: a sharp first-frame condition
     assert all(s.route is None and s.repa is None for s in stages)
     assert {(s.objective.logit_mean, s.objective.logit_std) for s in stages} == {(1.0, 1.2)}  # every stage
-    assert [s.objective.shift for s in stages] == [1.0, 1.0]  # the default plan shifts no further
+    assert [s.objective.shift for s in stages] == [1.0, 1.0, 1.0]  # the default plan shifts no further
     toy = small_recipe(tmp_path, plan).stages  # every stage, TREAD on in the first two (the toy run trained it)
-    assert [s.name for s in toy] == ["images", "joint", "anneal", "prior"]
-    assert [s.route is not None for s in toy] == [True, True, False, False]
+    assert [s.name for s in toy] == ["images", "joint", "anneal", "prior", "polish"]
+    assert [s.route is not None for s in toy] == [True, True, False, False, False]
     low_t = small_recipe(tmp_path, SmallModelPlan(logit_mean=0.0, logit_std=1.0, anneal_shift=2.0, joint_steps=1,
                                                   anneal_steps=1)).stages  # fmt: skip
     assert {(s.objective.logit_mean, s.objective.logit_std) for s in low_t} == {(0.0, 1.0)}
-    assert [s.objective.shift for s in low_t] == [1.0, 1.0, 2.0, 2.0]  # the anneal and prior stages
-    no_prior = SmallModelPlan(prior_steps=0, joint_steps=1)
+    assert [s.objective.shift for s in low_t] == [1.0, 1.0, 2.0, 2.0, 2.0]  # the anneal, prior and polish stages
+    no_prior = SmallModelPlan(prior_steps=0, polish_steps=0, joint_steps=1)
     assert [s.name for s in small_recipe(tmp_path, no_prior).stages] == ["images", "joint"]
     assert sampling_correlation(no_prior) == 0.0
     with pytest.raises(ValueError, match="at least one stage"):
-        SmallModelPlan(image_steps=0, prior_steps=0)
+        SmallModelPlan(image_steps=0, prior_steps=0, polish_steps=0)
     with pytest.raises(ValueError, match="stage steps must be >= 0"):
         SmallModelPlan(joint_steps=-1)
     # the prior stage reads its own clips when there are any (the toy plan has 3), else the joint stage's videos
@@ -68,7 +70,7 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     assert all(s.repa is None for s in off.stages) and off.vae is None
     aligned = small_recipe(tmp_path, SmallModelPlan(repa_teacher_steps=1500, joint_steps=1, anneal_steps=1))
     assert (work / "teacher" / "config.json").is_file()  # the toy reproduction trained its teacher
-    assert [s.repa is not None and s.repa.enabled for s in aligned.stages] == [True, True, True, False]  # not prior
+    assert [s.repa is not None and s.repa.enabled for s in aligned.stages] == [True, True, True, False, False]
     repa = aligned.stages[0].repa
     assert (repa.teacher, repa.teacher_path, repa.feature_source) == ("dinov2", str(tmp_path / "teacher"), "online")
     assert aligned.vae == str(tmp_path / "release")  # online targets decode the clean latents with the release VAE
@@ -87,5 +89,5 @@ def test_train_small_model_flags_are_the_plan(capsys):
     assert (plan.tread, plan.prior_steps, plan.prior_lr, plan.joint_steps) == (True, 10, 3e-4, 5)
     assert script["parse"](["--no-tread"])[1].tread is False
     with pytest.raises(SystemExit):  # a plan the dataclass refuses is a one-line usage error
-        script["parse"](["--image-steps", "0", "--prior-steps", "0"])
+        script["parse"](["--image-steps", "0", "--prior-steps", "0", "--polish-steps", "0"])
     assert "at least one stage" in capsys.readouterr().err
