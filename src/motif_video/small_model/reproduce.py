@@ -75,7 +75,8 @@ class SmallModelPlan:
     # Stage 5: the prior stage's videos and objective at `polish_lr`, with the first-frame condition sharp (no
     # timestep-aware blur: objects are 2-3 latent pixels wide, so the blur of 1 latent pixel at t = 1 hides their
     # shape). Measured from the 30,000-step model (48 held-out prompts, T2V / I2V): 88.8 / 84.9% before; 2,000 steps
-    # at 2.5e-4 without blur 90.4 / 85.4% (shape 29.2 -> 39.6% T2V); 3,000 steps at 2.5e-4 with blur 89.0 / 84.2%.
+    # at 2.5e-4 without blur 90.4 / 85.4%; 3,000 steps at 2.5e-4 with blur 89.0 / 84.2%. The best measured, though
+    # within the noise of one evaluation (a few points).
     polish_steps: int = 2000
     polish_lr: float = 2.5e-4
     # TREAD routing (dual block 1 .. encoder block 5 at 50%) in stages 1-2. Off in the shipped model: at this size a
