@@ -42,7 +42,13 @@ def test_variants_are_parsed_with_clear_errors(script):
     tune = script["variant_recipe"](Path("work"), {"spatial_difference_weight": 1.0}, 10, None, None, True)
     stage = tune.stages[0]
     assert tune.model.pretrained == str(Path("work") / "release") and set(stage.sources) == {"video"}
-    assert (stage.lr, stage.objective.noise_correlation, stage.objective.spatial_difference_weight) == (3e-4, 0.9, 1.0)
+    objective = stage.objective  # the default plan's last stage: polish (sharp first-frame condition)
+    assert (stage.lr, objective.noise_correlation, objective.spatial_difference_weight, objective.blur_max) == (
+        2.5e-4,
+        0.9,
+        1.0,
+        0.0,
+    )
     assert stage.sources["video"].batch_size == 16
 
 
