@@ -61,14 +61,14 @@ class SmallModelPlan:
     vae_steps: int = 0  # 0: the VAE trainer's default budget (`small_model.vae`)
     image_steps: int = 5000  # stage 1: images only
     # Stages 2 (image, video, video) and 3 (the same mix, no TREAD, `anneal_lr`, and `anneal_shift` if > 1); a stage
-    # with 0 steps is left out. The shipped model has neither: its video steps are all in the prior stage (README).
+    # with 0 steps is left out. The best model has neither: its video steps are all in stages 4-5 (README).
     joint_steps: int = 0
     anneal_steps: int = 0
     anneal_lr: float = 3e-4
     anneal_shift: float = 1.0  # on top of logit_mean: no further shift (2.0 with logit-normal(0, 1))
-    # Stage 4: videos only, no TREAD, frame-correlated noise (the release samples with it), at `prior_lr`. The shipped
-    # model's 30,000 video steps at 1e-3 (constant after 50 warmup steps) were still gaining when they stopped (held-out
-    # T2V 81.8 / 84.0 / 85.2 / 88.3% after 14,500 / 17,500 / 20,500 / 23,500; README).
+    # Stage 4: videos only, no TREAD, frame-correlated noise (the release samples with it), at `prior_lr`. The best
+    # model's 30,000 video steps at 1e-3 (constant after 50 warmup steps): held-out T2V 81.8 / 84.0 / 85.2 / 88.3 /
+    # 88.8% after 14,500 / 17,500 / 20,500 / 23,500 / 30,000 (README): the gain stops past about 23,500.
     prior_steps: int = 30000
     prior_lr: float = 1e-3
     noise_correlation: float = 0.9
@@ -79,9 +79,9 @@ class SmallModelPlan:
     # within the noise of one evaluation (a few points).
     polish_steps: int = 2000
     polish_lr: float = 2.5e-4
-    # TREAD routing (dual block 1 .. encoder block 5 at 50%) in stages 1-2. Off in the shipped model: at this size a
+    # TREAD routing (dual block 1 .. encoder block 5 at 50%) in stages 1-2. Off in the best model: at this size a
     # routed model is far worse on the full sequence it samples with (flow loss 0.46 unrouted vs 0.20 routed at
-    # t = 0.6, samples unusable) unless an unrouted stage follows, and the shipped lineage trained unrouted throughout.
+    # t = 0.6, samples unusable) unless an unrouted stage follows, and the best model trained unrouted throughout.
     tread: bool = False
     # The prior stage on its own clips, mostly two-object scenes (0: it reuses the videos of the other stages, 40%
     # two-object). Measured as a fine-tune of `runs/cen` on 3,000 such clips (`ablate_small_model.py --work
@@ -99,7 +99,7 @@ class SmallModelPlan:
     # for this many steps (`small_model.scene_teacher`, in <work>/teacher); 0: no REPA. Measured on images from
     # scratch (README; pretrained text encoder, 5,000 steps, same seed and data): held-out / train T2I 58.6 / 70.2%
     # without, 78.6 / 82.7% with (colour 40.6 -> 90.6%, relation 68.3 -> 96.8%; flow loss 0.226 -> 0.197). Off by
-    # default: the shipped model's image stage ran without it (online targets make a step 2.5-3x slower here) and
+    # default: the best model's image stage ran without it (online targets make a step 2.5-3x slower here) and
     # no REPA-started model has been trained on videos.
     repa_teacher_steps: int = 0
     video_batch: int = 16
