@@ -39,7 +39,7 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     with pytest.raises(ValueError, match="guidance_stop"):
         SmallModelPlan(guidance_stop=0.0)
     assert [s.objective.noise_correlation for s in small_recipe(tmp_path, plan).stages] == [0, 0, 0, 0.9, 0.9]
-    # the default plan is the shipped model's lineage: images, then videos with correlated noise; no TREAD, no REPA
+    # the default plan is the best model's recipe: images, videos with correlated noise, polish; no TREAD, no REPA
     stages = small_recipe(tmp_path, SmallModelPlan()).stages
     assert [(s.name, s.steps, s.lr) for s in stages] == [("images", 5000, 1e-3), ("prior", 30000, 1e-3),
                                                          ("polish", 2000, 2.5e-4)]  # fmt: skip
