@@ -13,6 +13,7 @@ from motif_video.training.objective import (
     difference_loss,
     draw_i2v,
     draw_noise,
+    draw_prompt_drop,
     drop_prompts,
     flow_loss,
     gaussian_blur_latent,
@@ -104,6 +105,23 @@ def test_i2v_draw_and_prompt_dropout():
     assert same[0] is text
     dropped, dmask = drop_prompts(text, mask, null, null_mask, ObjectiveConfig(prompt_dropout=1.0), _g())
     assert dropped.shape == (4, 7, 8) and dmask.sum(dim=1).eq(1).all() and dropped.eq(0).all()
+
+
+def test_i2v_samples_drop_their_prompt_at_their_own_rate():
+    """i2v_prompt_dropout applies to the I2V samples only, from the same one draw per sample (None: prompt_dropout
+    for all, the draws unchanged)."""
+    i2v = torch.tensor([True, False] * 500)
+    base = ObjectiveConfig(prompt_dropout=0.1)
+    torch.testing.assert_close(draw_prompt_drop(1000, base, _g(), i2v), draw_prompt_drop(1000, base, _g()))
+    drop = draw_prompt_drop(1000, ObjectiveConfig(prompt_dropout=0.1, i2v_prompt_dropout=0.6), _g(), i2v)
+    assert 250 < int(drop[i2v].sum()) < 350 and 20 < int(drop[~i2v].sum()) < 80
+    assert drop[~i2v].equal(draw_prompt_drop(1000, base, _g())[~i2v])  # T2V samples: as before
+    text, mask = torch.randn(2, 5, 8, generator=_g()), torch.ones(2, 5, dtype=torch.bool)
+    config = ObjectiveConfig(prompt_dropout=0.0, i2v_prompt_dropout=1.0)
+    dropped, _ = drop_prompts(text, mask, torch.zeros(5, 8), mask[0], config, _g(), torch.tensor([True, False]))
+    assert dropped[0].eq(0).all() and dropped[1].equal(text[1])
+    with pytest.raises(ValueError, match="i2v_prompt_dropout"):
+        ObjectiveConfig(i2v_prompt_dropout=1.5)
 
 
 def test_frame_correlated_noise():

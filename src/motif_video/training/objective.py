@@ -18,6 +18,9 @@ Timestep-aware blur of the condition (named in the model card, formula unpublish
 first-frame latent is Gaussian-blurred in space with std = blur_max * t^blur_power latent pixels, so a noisy
 sample is conditioned on a coarser first frame and a nearly clean one on the exact frame. blur_max = 0 turns it
 off. Prompt dropout (0.1) replaces the text with the null (empty-prompt) encoding, for guidance at inference.
+`i2v_prompt_dropout` (OUR CHOICE, default: the same 0.1) drops the prompt of I2V samples at its own rate: a caption
+that names every colour and shape makes the first frame redundant for appearance, so a model can learn I2V
+without ever carrying the image forward, and fails where its text binding does (unseen attribute pairs).
 
 Frame-correlated noise (off by default; the official model uses independent noise) -- OUR CHOICE for small models:
 `noise_correlation` rho > 0 draws eps as sqrt(rho) * shared + sqrt(1 - rho) * independent, one shared draw for all
@@ -54,6 +57,7 @@ class ObjectiveConfig:
     shift: float = 1.0  # static shift of the sampled t; > 1 favours noisier t (higher resolutions)
     uniform_share: float = 0.0  # with logit_normal: fraction of samples whose t is uniform instead
     prompt_dropout: float = 0.1
+    i2v_prompt_dropout: float | None = None  # an I2V sample's prompt dropout; None: prompt_dropout, as T2V
     i2v_ratio: float = 0.5  # fraction of VIDEO clips trained as image-to-video
     blur_max: float = 1.0  # latent pixels of blur at t = 1 (0 = off)
     blur_power: float = 1.0
@@ -64,7 +68,9 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         if self.timestep_sampling not in ("logit_normal", "uniform"):
             raise ValueError(f"timestep_sampling must be 'logit_normal' or 'uniform', got {self.timestep_sampling!r}")
-        for name in ("prompt_dropout", "i2v_ratio", "noise_correlation", "uniform_share"):
+        for name in ("prompt_dropout", "i2v_ratio", "noise_correlation", "uniform_share", "i2v_prompt_dropout"):
+            if name == "i2v_prompt_dropout" and self.i2v_prompt_dropout is None:
+                continue
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.shift <= 0 or self.logit_std <= 0 or self.blur_max < 0:
@@ -173,9 +179,16 @@ def draw_i2v(is_video: torch.Tensor, config: ObjectiveConfig, generator: torch.G
     return draw.to(is_video.device) & is_video.bool()
 
 
-def draw_prompt_drop(batch: int, config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:
-    """(B,) bool: which samples lose their prompt (probability prompt_dropout); one draw per sample."""
-    return torch.rand(batch, generator=generator, device=generator.device) < config.prompt_dropout
+def draw_prompt_drop(
+    batch: int, config: ObjectiveConfig, generator: torch.Generator, i2v: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B,) bool: which samples lose their prompt: probability prompt_dropout, i2v_prompt_dropout for the samples
+    `i2v` (B,) marks; one draw per sample either way."""
+    draw = torch.rand(batch, generator=generator, device=generator.device)
+    if i2v is None or config.i2v_prompt_dropout is None:
+        return draw < config.prompt_dropout
+    on = i2v.to(draw.device).bool()
+    return draw < torch.where(on, config.i2v_prompt_dropout, config.prompt_dropout)
 
 
 def drop_prompts(
@@ -185,13 +198,14 @@ def drop_prompts(
     null_mask: torch.Tensor,
     config: ObjectiveConfig,
     generator: torch.Generator,
+    i2v: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace each sample's text by the null encoding with probability prompt_dropout.
+    """Replace each sample's text by the null encoding with probability prompt_dropout (`draw_prompt_drop`).
 
     text: (B, L, D), mask: (B, L); null_text: (L0, D), null_mask: (L0,) -> padded to max(L, L0).
     """
     b, length, _ = text.shape
-    drop = draw_prompt_drop(b, config, generator).to(text.device)
+    drop = draw_prompt_drop(b, config, generator, i2v).to(text.device)
     if not bool(drop.any()):
         return text, mask
     total = max(length, null_text.shape[0])

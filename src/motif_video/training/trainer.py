@@ -332,11 +332,11 @@ def training_step(
     if tuned_text:  # the model encodes the captions itself (training.text_tuning); a dropped prompt is ""
         if batch.get("captions") is None:
             raise ValueError("the model tunes its text encoder, so batches need 'captions' (shards' SampleMeta)")
-        drop = draw_prompt_drop(b, obj, generator).tolist()
+        drop = draw_prompt_drop(b, obj, generator, i2v).tolist()
         ids, mask = model.tokenize(["" if d else c for c, d in zip(batch["captions"], drop)])
     else:
         text, mask = drop_prompts(
-            batch["text"].float(), batch["text_mask"].bool(), null_text[0], null_text[1], obj, generator
+            batch["text"].float(), batch["text_mask"].bool(), null_text[0], null_text[1], obj, generator, i2v
         )
     cfg = model.config
     num_tokens = (frames // cfg.patch_size_t) * (h // cfg.patch_size) * (w // cfg.patch_size)
