@@ -74,8 +74,11 @@ def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):
     repa = aligned.stages[0].repa
     assert (repa.teacher, repa.teacher_path, repa.feature_source) == ("dinov2", str(tmp_path / "teacher"), "online")
     assert aligned.vae == str(tmp_path / "release")  # online targets decode the clean latents with the release VAE
-    with pytest.raises(ValueError, match="set prior_steps too"):
-        SmallModelPlan(prior_videos=10, prior_steps=0)
+    with pytest.raises(ValueError, match="set prior_steps or polish_steps too"):
+        SmallModelPlan(prior_videos=10, prior_steps=0, polish_steps=0)
+    polish_only = small_recipe(tmp_path, SmallModelPlan(prior_videos=10, prior_steps=0, polish_steps=5))
+    assert polish_only.stages[-1].name == "polish"
+    assert polish_only.stages[-1].sources["video"].path == str(tmp_path / "shards" / "prior-videos")
 
 
 def test_train_small_model_flags_are_the_plan(capsys):

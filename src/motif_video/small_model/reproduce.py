@@ -130,8 +130,11 @@ class SmallModelPlan:
                        prior_steps=self.prior_steps, polish_steps=self.polish_steps)  # fmt: skip
         if min(budgets.values()) < 0 or not any(budgets.values()):
             raise ValueError(f"stage steps must be >= 0 with at least one stage > 0, got {budgets}")
-        if self.prior_videos and not self.prior_steps:
-            raise ValueError(f"prior_videos={self.prior_videos} are the prior stage's clips: set prior_steps too")
+        if self.prior_videos and not (self.prior_steps or self.polish_steps):
+            raise ValueError(
+                f"prior_videos={self.prior_videos} are the prior and polish stages' clips: set prior_steps or "
+                "polish_steps too"
+            )
         if self.guidance_scale < 0 or not 0.0 < self.guidance_stop <= 1.0:
             raise ValueError(f"guidance_scale must be >= 0 and guidance_stop in (0, 1], got {self.guidance_scale}, "
                              f"{self.guidance_stop}")  # fmt: skip
