@@ -1,6 +1,6 @@
 """The small-model study scripts: ablate_small_model.py (T2I ablations through the real trainer),
-text_sensitivity.py (which caption words a model reads), attribute_binding.py (where they land), completion_by_noise.py
-and diagnose_small_model.py."""
+text_sensitivity.py (which caption words a model reads), attribute_binding.py (where they land), completion_by_noise.py,
+diagnose_small_model.py and shape_by_frame.py."""
 
 from __future__ import annotations
 
@@ -252,3 +252,60 @@ def test_ablation_with_repa_to_the_scene_teacher(script, toy_reproduction, tmp_p
         with pytest.raises(SystemExit):
             script["main"](["--work", str(work), "--variant", bad])
         assert message in capsys.readouterr().err
+
+
+class _Renderer:
+    """Stands in for the pipeline in `run_eval`: renders each prompt's own scene, each object's shape swapped for the
+    next one of SHAPES with `swap` (so two objects still differ)."""
+
+    def __init__(self, swap: bool = False) -> None:
+        from motif_video.pipeline.guidance import GuidanceConfig
+        from motif_video.pipeline.pipeline import GenerationDefaults
+
+        self.swap = swap
+        self.defaults = GenerationDefaults(height=64, width=64, num_frames=17, fps=8, num_inference_steps=2)
+        self.guidance = GuidanceConfig()
+
+    def __call__(self, prompt, image=None, height=64, width=64, num_frames=17, **kwargs):
+        import dataclasses
+
+        import numpy as np
+
+        from motif_video.procedural import render
+        from motif_video.procedural.dataset import eval_prompts
+        from motif_video.procedural.scene import SHAPES
+
+        def swapped(obj):
+            return dataclasses.replace(obj, shape=SHAPES[(SHAPES.index(obj.shape) + 1) % len(SHAPES)])
+
+        specs = {p.prompt: p.spec for split in ("heldout", "train") for p in eval_prompts(split, 8)}
+        clips = []
+        for text in prompt:
+            spec = specs[text]
+            if self.swap:
+                spec = dataclasses.replace(spec, objects=tuple(swapped(o) for o in spec.objects))
+            clips.append(render(spec, num_frames, height, width).astype("float32") / 255)
+        return type("Output", (), {"frames": np.stack(clips)})()
+
+
+def test_shape_by_frame_reads_each_frames_shape(tmp_path, capsys):
+    from motif_video.evaluation import EvalSettings, run_eval
+
+    script = runpy.run_path(str(SCRIPT.parent / "shape_by_frame.py"))
+    settings = dict(num_prompts=8, splits=("heldout",), mode="both")
+    for name, swap in (("true", False), ("swapped", True)):
+        out = tmp_path / name
+        run_eval(EvalSettings("unused", output=str(out), **settings), progress=False, pipe=_Renderer(swap)).save(out)
+    true = script["summarise"](tmp_path / "true")
+    assert list(true) == ["held-out T2V", "held-out I2V"]
+    for column in true.values():  # the scenes themselves (through mp4): every object, every frame, right
+        assert len(column["per_frame"]) == 17 and all(r == s > 0 for r, s in column["per_frame"])
+        assert all(right == total > 0 for right, total in column["pairs"].values())
+        assert set(column["pairs"]) == {"held-out pair", "other"}
+    for column in script["summarise"](tmp_path / "swapped").values():  # every object drawn as another shape
+        assert all(r == 0 < s for r, s in column["per_frame"])
+        assert all(right == 0 < total for right, total in column["pairs"].values())
+    assert script["main"]([str(tmp_path / "true")]) == 0
+    assert "| shape right | 1.00 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script["main"]([str(tmp_path)])  # no results.json there
