@@ -28,17 +28,14 @@ import numpy as np
 def frame_shapes(frames: np.ndarray, objects: list[dict[str, Any]]) -> list[list[bool | None]]:
     """frames (T, H, W, 3); objects: the spec's [{'color', 'shape', ...}] -> per frame, per object: the frame-level
     shape is the asked one (None: no blob of that colour in the frame)."""
+    from motif_video.procedural.evaluate import largest_blobs
     from motif_video.procedural.scene import SHAPES, unit
     from motif_video.procedural.segment import as_float_frames, find_blobs, shape_ious
 
     video = as_float_frames(frames)
     blobs, _, _ = find_blobs(video)
     u = unit(video.shape[1], video.shape[2])
-    largest: dict[tuple[str, int], Any] = {}
-    for blob in blobs:
-        key = (blob.color, blob.frame)
-        if key not in largest or blob.area > largest[key].area:
-            largest[key] = blob
+    largest = largest_blobs(blobs)
     rows = []
     for t in range(video.shape[0]):
         row: list[bool | None] = []

@@ -75,13 +75,19 @@ def _size_of(area: float, shape: str, u: float) -> str:
     return min(SIZES, key=lambda s: abs(math.log(radius / SIZES[s])))
 
 
-def build_tracks(blobs: list[Blob], frames: int, u: float) -> list[Track]:
-    """Objects: per colour class, the largest blob of each frame; kept if present in >= PRESENT_MIN of frames."""
+def largest_blobs(blobs: list[Blob]) -> dict[tuple[str, int], Blob]:
+    """{(colour class, frame): the largest blob of that colour in that frame}: an object as tracks see it."""
     best: dict[tuple[str, int], Blob] = {}
     for blob in blobs:
         key = (blob.color, blob.frame)
         if key not in best or blob.area > best[key].area:
             best[key] = blob
+    return best
+
+
+def build_tracks(blobs: list[Blob], frames: int, u: float) -> list[Track]:
+    """Objects: per colour class, the largest blob of each frame; kept if present in >= PRESENT_MIN of frames."""
+    best = largest_blobs(blobs)
     tracks = []
     for color in COLORS:
         own = sorted((b for (c, _), b in best.items() if c == color), key=lambda b: b.frame)
