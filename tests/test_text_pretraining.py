@@ -94,3 +94,19 @@ def test_pretraining_is_a_pure_function_of_the_seed(tokenizer) -> None:
     assert a.config.text_config.layer_types == ["sliding_attention"]
     with pytest.raises(ValueError, match="pretrain_steps"):
         build_text_encoder(tokenizer, 0, -1)
+
+
+def test_every_encoder_of_a_seed_has_the_random_encoders_vision_tower(tokenizer) -> None:
+    """The tower makes the I2V image tokens stored in shards: a pretrained encoder keeps the random one's, so shards
+    prepared with either serve a transformer sampled with the other (its text half does change)."""
+    random_encoder = build_text_encoder(tokenizer, 0, 0)
+    pretrained = build_text_encoder(tokenizer, 0, 2)
+    for (name, x), y in zip(random_encoder.vision_tower.state_dict().items(),
+                            pretrained.vision_tower.state_dict().values()):  # fmt: skip
+        assert torch.equal(x, y), name
+    bare = build_small_text_encoder(0, PRETRAINED_TEXT_ENCODER)  # the other config draws another tower
+    patch = "embeddings.patch_embedding.weight"
+    assert not torch.equal(bare.vision_tower.state_dict()[patch], pretrained.vision_tower.state_dict()[patch])
+    frame = torch.rand(1, 3, 64, 64)  # the tower's input side
+    assert torch.equal(random_encoder.vision_tower(pixel_values=frame).last_hidden_state,
+                       pretrained.vision_tower(pixel_values=frame).last_hidden_state)  # fmt: skip

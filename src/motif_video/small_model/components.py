@@ -5,7 +5,8 @@
 
        tokenizer/          word-level tokenizer over the procedural vocabulary (vocab.py)
        text_encoder/       frozen T5Gemma2 encoder + SigLIP tower: random (text_encoder.py), or its text half
-                           pretrained on captions (text_pretraining.py, `text_pretrain_steps`)
+                           pretrained on captions (text_pretraining.py, `text_pretrain_steps`); the tower is
+                           the random encoder's of the seed either way (`build_text_encoder`)
        vae/                the trained Wan VAE with its measured latents_mean / latents_std (vae.py)
        feature_extractor/  SiglipImageProcessor at the tower's input size, mean = std = 0.5 (as tiny.py)
        scheduler/          FlowMatchEulerDiscreteScheduler
@@ -88,14 +89,21 @@ def load_trained_vae(vae_dir: str | Path) -> Any:
 
 def build_text_encoder(tokenizer: Any, seed: int = 0, pretrain_steps: int = 0) -> Any:
     """The frozen text encoder: random (`SMALL_TEXT_ENCODER`) or, with pretrain_steps > 0, `PRETRAINED_TEXT_ENCODER`
-    pretrained on train-split captions for that many steps (`text_pretraining`)."""
+    pretrained on train-split captions for that many steps (`text_pretraining`).
+
+    Either way its SigLIP tower is the random encoder's of `seed`: the tower makes the I2V image tokens that
+    `prepare` stores in the shards, so shards prepared with one encoder of a seed stay right for a transformer
+    sampled with another. (Built from the other config, the same seed gave another tower; the transformer trained on
+    one tower's tokens and sampled with the other's lost 6 points of held-out I2V, README.)"""
     if pretrain_steps < 0:
         raise ValueError(f"pretrain_steps must be >= 0, got {pretrain_steps}")
+    random_encoder = build_small_text_encoder(seed)
     if not pretrain_steps:
-        return build_small_text_encoder(seed)
+        return random_encoder
     from motif_video.small_model.text_pretraining import TextPretrainConfig, pretrain_text_encoder
 
     encoder = build_small_text_encoder(seed, PRETRAINED_TEXT_ENCODER)
+    encoder.vision_tower.load_state_dict(random_encoder.vision_tower.state_dict())
     pretrain_text_encoder(encoder, tokenizer, seed, TextPretrainConfig(steps=pretrain_steps))
     return encoder
 
