@@ -94,7 +94,7 @@ def build_text_encoder(tokenizer: Any, seed: int = 0, pretrain_steps: int = 0) -
     Either way its SigLIP tower is the random encoder's of `seed`: the tower makes the I2V image tokens that
     `prepare` stores in the shards, so shards prepared with one encoder of a seed stay right for a transformer
     sampled with another. (Built from the other config, the same seed gave another tower; the transformer trained on
-    one tower's tokens and sampled with the other's lost 6 points of held-out I2V, README.)"""
+    one tower's tokens and sampled with the other's lost 7 points of held-out I2V, README.)"""
     if pretrain_steps < 0:
         raise ValueError(f"pretrain_steps must be >= 0, got {pretrain_steps}")
     random_encoder = build_small_text_encoder(seed)

@@ -18,9 +18,9 @@ Timestep-aware blur of the condition (named in the model card, formula unpublish
 first-frame latent is Gaussian-blurred in space with std = blur_max * t^blur_power latent pixels, so a noisy
 sample is conditioned on a coarser first frame and a nearly clean one on the exact frame. blur_max = 0 turns it
 off. Prompt dropout (0.1) replaces the text with the null (empty-prompt) encoding, for guidance at inference.
-`i2v_prompt_dropout` (OUR CHOICE, default: the same 0.1) drops the prompt of I2V samples at its own rate: a caption
-that names every colour and shape makes the first frame redundant for appearance, so a model can learn I2V
-without ever carrying the image forward, and fails where its text binding does (unseen attribute pairs).
+`i2v_prompt_dropout` (default: the same 0.1) drops the prompt of I2V samples at its own rate, for a model that
+should learn appearance from the first frame rather than from a caption naming every colour and shape. Measured on
+the small model (README): 0.5 for 2,000 fine-tuning steps changed no score.
 
 Frame-correlated noise (off by default; the official model uses independent noise) -- OUR CHOICE for small models:
 `noise_correlation` rho > 0 draws eps as sqrt(rho) * shared + sqrt(1 - rho) * independent, one shared draw for all
