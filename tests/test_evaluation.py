@@ -188,6 +188,11 @@ def test_cli_writes_results_table_and_videos(release, tmp_path, capsys):
 
     code = main([*args, "--device", "cpu", "--output", str(tmp_path / "rho"), "--noise-correlation", "0.5"])
     assert code == 0 and "noise correlation 0.5," in capsys.readouterr().out
+    other = eval_prompts("heldout", 2, seed=1, **SIZE)
+    code = main([*args, "--device", "cpu", "--output", str(tmp_path / "p1"), "--prompt-seed", "1"])
+    assert code == 0 and "prompt set 1)" in capsys.readouterr().out
+    again = json.loads((tmp_path / "p1" / "results.json").read_text())
+    assert [v["prompt"] for v in again["videos"]] == [p.prompt for p in other]  # another fixed prompt set
 
     code = main(["eval", "--model", str(release), "--split", "heldout", "--num-prompts", "1", "--steps", "1",
                  *SIZE_ARGS, "--min-accuracy", "0.99"])  # fmt: skip

@@ -48,6 +48,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     cmd.add_argument(
         "--noise-correlation", type=float, help="between latent frames of the starting noise (default: the model's)"
     )
+    cmd.add_argument(
+        "--prompt-seed",
+        type=int,
+        default=0,
+        help="which fixed prompt set (default 0, the release gate's); another one re-checks a result on new prompts",
+    )
     cmd.add_argument("--seed", type=int, default=0, help="video i of a split uses seed + i (default 0)")
     cmd.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default 8)")
     cmd.add_argument("--height", type=int, help="pixels, multiple of 16 (default: the model's)")
@@ -83,6 +89,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         shift=args.shift,
         noise_correlation=args.noise_correlation,
         seed=args.seed,
+        prompt_seed=args.prompt_seed,
         mode=args.mode,
         device=args.device,
         dtype=args.dtype,
