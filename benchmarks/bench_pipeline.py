@@ -53,9 +53,9 @@ from diffusers import MotifVideoPipeline as ReferencePipeline
 from diffusers.utils import logging as diffusers_logging
 
 from motif_video import MotifVideoTransformer
+from motif_video.core.flow import DEFAULT_SHIFT_I2V, DEFAULT_SHIFT_T2V
 from motif_video.pipeline import MotifVideoPipeline
 from motif_video.pipeline.pipeline import OFFICIAL_NEGATIVE_PROMPT
-from motif_video.pipeline.schedule import DEFAULT_SHIFT_I2V, DEFAULT_SHIFT_T2V
 from motif_video.pipeline.tiny import build_guider, build_tiny_components, build_vae
 
 CPU_CASES = (("T2V", 64, 64, 17), ("T2V", 32, 32, 9), ("I2V", 64, 64, 17), ("I2V", 32, 32, 9))  # task, w, h, f

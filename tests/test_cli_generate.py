@@ -12,8 +12,8 @@ import PIL.Image
 import pytest
 
 from motif_video.cli import main
+from motif_video.core.video_io import read_video
 from motif_video.pipeline.tiny import save_tiny_release
-from motif_video.video_io import read_video
 
 SMALL = ["--preset", "tiny", "--height", "32", "--width", "48", "--num-frames", "9", "--steps", "2"]
 
@@ -66,12 +66,12 @@ def test_generate_from_a_release_folder_image_to_video_and_prompt_file(tmp_path)
 
 
 def test_without_model_the_shipped_small_model_is_the_default(tmp_path, monkeypatch):
-    from motif_video.generate import OFFICIAL_MODEL, default_model
+    from motif_video.cli.generate import OFFICIAL_MODEL, default_model
 
-    monkeypatch.setattr("motif_video.small_release.SMALL_MODEL_CANDIDATES", (tmp_path / "none",))
+    monkeypatch.setattr("motif_video.core.release.SMALL_MODEL_CANDIDATES", (tmp_path / "none",))
     assert default_model() == OFFICIAL_MODEL  # no shipped model: the official release
     release = save_tiny_release(tmp_path / "shipped")
-    monkeypatch.setattr("motif_video.small_release.SMALL_MODEL_CANDIDATES", (tmp_path / "none", release))
+    monkeypatch.setattr("motif_video.core.release.SMALL_MODEL_CANDIDATES", (tmp_path / "none", release))
     assert default_model() == str(release)
     out = tmp_path / "default.mp4"
     args = ["generate", "--prompt", "a red ball", "--steps", "1", "--output", str(out), "--device", "cpu"]
@@ -177,7 +177,7 @@ class _no_exit:
 
 
 def test_size_precheck_uses_the_local_models_patch(tmp_path):
-    from motif_video.generate import GenerateSettings, local_patch
+    from motif_video.cli.generate import GenerateSettings, local_patch
 
     release = tmp_path / "release"
     (release / "transformer").mkdir(parents=True)

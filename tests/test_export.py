@@ -54,7 +54,7 @@ def test_in_memory_model_round_trips(tmp_path):
 
 def test_in_memory_lora_model_is_merged_and_left_unchanged(tmp_path):
     pytest.importorskip("peft")
-    from motif_video.training.lora import LoRAConfig, add_lora, lora_layers
+    from motif_video.core.lora import LoRAConfig, add_lora, lora_layers
 
     model = add_lora(random_ours(TINY), LoRAConfig(rank=4, alpha=2))
     with torch.no_grad():
@@ -120,7 +120,7 @@ def test_incomplete_checkpoints_and_missing_config_are_refused(run, tmp_path):
 
 def test_lora_run_is_merged(tmp_path):
     pytest.importorskip("peft")
-    from motif_video.training.lora import LoRAConfig, add_lora
+    from motif_video.core.lora import LoRAConfig, add_lora
 
     model = add_lora(_model(), LoRAConfig(rank=4, alpha=8))
     base = {k: v.clone() for k, v in model.state_dict().items() if "base_layer" in k}

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import assert_close_scaled, make_inputs, random_ours, random_reference
 from motif_video import MotifVideoTransformer, get_preset
-from motif_video.training.lora import (
+from motif_video.core.lora import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     LoRAConfig,

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from motif_video.core.flow import interpolate
 from motif_video.training.objective import (
     ObjectiveConfig,
     condition_channels,
@@ -17,7 +18,6 @@ from motif_video.training.objective import (
     drop_prompts,
     flow_loss,
     gaussian_blur_latent,
-    interpolate,
     sample_timesteps,
 )
 

@@ -25,9 +25,9 @@ from diffusers import MotifVideoPipeline as ReferencePipeline
 
 from conftest import random_reference
 from motif_video import get_preset
+from motif_video.core.flow import flow_sigmas
 from motif_video.models.checkpoint_io import CheckpointError
 from motif_video.pipeline import MotifVideoPipeline
-from motif_video.pipeline.schedule import flow_sigmas
 from motif_video.pipeline.tiny import build_tiny_components
 
 H = W = 32
@@ -154,7 +154,7 @@ def test_noise_correlation_default(ours):
 
 
 def test_initial_noise_shares_a_draw_across_frames():
-    from motif_video.pipeline.latents import correlate_frames, initial_noise, randn, shared_noise_shape
+    from motif_video.core.latent_space import correlate_frames, initial_noise, randn, shared_noise_shape
 
     shape, cpu = (2, 4, 3, 4, 4), torch.device("cpu")
     independent = initial_noise(shape, _seed(3), cpu)
@@ -169,7 +169,7 @@ def test_initial_noise_shares_a_draw_across_frames():
 
 
 def test_correlate_frames_statistics():
-    from motif_video.pipeline.latents import correlate_frames, shared_noise_shape
+    from motif_video.core.latent_space import correlate_frames, shared_noise_shape
 
     g = torch.Generator().manual_seed(0)
     shape = (64, 4, 3, 16, 16)
@@ -265,7 +265,7 @@ def test_bad_arguments_are_clear_errors(ours, kw, match):
 def test_video_size_check_follows_the_model_patch():
     from types import SimpleNamespace
 
-    from motif_video.pipeline.latents import check_video_size, model_patch
+    from motif_video.core.latent_space import check_video_size, model_patch
 
     check_video_size(24, 40, 17, patch=1)  # VAE 8x and patch 1: multiples of 8
     with pytest.raises(ValueError, match="multiple of 16"):

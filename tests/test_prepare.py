@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
+from motif_video.core.shards import SampleMeta, ShardIndex, complete_shards
 from motif_video.data.manifest import (
     CaptionProbs,
     assign_bucket,
@@ -29,7 +30,6 @@ from motif_video.data.manifest import (
     resize_center_crop,
 )
 from motif_video.data.prepare import REPORT_PATTERN, add_prepare_parser, parse_buckets, prepare
-from motif_video.data.schema import SampleMeta, ShardIndex, complete_shards
 from motif_video.models.config import get_preset
 
 BUCKETS = "1x32x32,1x32x48,9x32x32,9x32x48,9x48x32,17x32x32"
@@ -63,8 +63,8 @@ def _frames(rng: np.random.Generator, frames: int, height: int, width: int) -> n
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from motif_video.core.video_io import export_video
     from motif_video.pipeline.tiny import save_tiny_release
-    from motif_video.video_io import export_video
 
     root = tmp_path_factory.mktemp("prepare")
     release = save_tiny_release(root / "release")
@@ -160,7 +160,7 @@ def test_writes_schema_shards_and_counts_bad_files(world: dict) -> None:
 def test_latents_decode_to_the_bucket_size(world: dict) -> None:
     from diffusers import AutoencoderKLWan
 
-    from motif_video.pipeline.latents import denormalize_latents
+    from motif_video.core.latent_space import denormalize_latents
 
     vae = AutoencoderKLWan.from_pretrained(str(world["release"] / "vae")).eval()
     samples = _all_samples(world["out"])
@@ -177,7 +177,7 @@ def test_first_latent_frame_is_the_first_frame_encoded_alone(world: dict, frames
     so the first latent frame of a clip is what the pipeline's `encode_first_frames` gives for its first frame."""
     from diffusers import AutoencoderKLWan
 
-    from motif_video.pipeline.latents import encode_first_frames, normalize_latents
+    from motif_video.core.latent_space import encode_first_frames, normalize_latents
 
     vae = AutoencoderKLWan.from_pretrained(str(world["release"] / "vae")).eval()
     video = torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(frames)) * 2 - 1

@@ -233,9 +233,9 @@ def test_repa_needs_a_projector_and_targets():
 def test_online_targets_decode_latents_and_land_on_the_token_grid(tmp_path):
     from transformers import Dinov2Config, Dinov2Model
 
+    from motif_video.core.teachers import load_teacher
     from motif_video.pipeline.tiny import build_vae
     from motif_video.training.repa_online import OnlineTargets
-    from motif_video.training.teachers import load_teacher
 
     torch.manual_seed(0)
     Dinov2Model(Dinov2Config(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,

@@ -7,6 +7,7 @@ import torch
 
 from conftest import make_inputs, random_ours
 from motif_video import get_preset, random_route
+from motif_video.core.teachers import IMAGENET_MEAN, IMAGENET_STD, DinoV2Teacher, VJEPA2Teacher, load_teacher
 from motif_video.models.routing import TokenRoute
 from motif_video.training.repa import (
     REPAConfig,
@@ -18,7 +19,6 @@ from motif_video.training.repa import (
     tap_keep,
     teacher_targets,
 )
-from motif_video.training.teachers import IMAGENET_MEAN, IMAGENET_STD, DinoV2Teacher, VJEPA2Teacher, load_teacher
 
 TEACHER_DIM = 32
 

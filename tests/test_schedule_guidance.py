@@ -13,6 +13,7 @@ from diffusers import (
 )
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 
+from motif_video.core.flow import flow_sigmas, shift_sigmas
 from motif_video.pipeline.guidance import (
     GuidanceConfig,
     GuidanceState,
@@ -20,13 +21,7 @@ from motif_video.pipeline.guidance import (
     classifier_free_guidance,
     combine,
 )
-from motif_video.pipeline.schedule import (
-    flow_sigmas,
-    resolve_sigmas,
-    set_scheduler_sigmas,
-    shift_sigmas,
-    unshifted_scheduler,
-)
+from motif_video.pipeline.schedule import resolve_sigmas, set_scheduler_sigmas, unshifted_scheduler
 
 
 def test_flow_sigmas_formula():

@@ -166,11 +166,11 @@ def test_text_lr_gives_the_text_encoder_its_own_group(release):
 
 
 def test_tokenize_prompts_truncates_with_a_warning_only_when_needed(release, caplog):
-    from motif_video.pipeline.conditioning import tokenize_prompts
+    from motif_video.core.encoders import tokenize_prompts
 
     _, tokenizer = load_text_encoder(release)
     full = len(tokenizer(PROMPTS[1])["input_ids"])
-    with caplog.at_level("WARNING", logger="motif_video.pipeline.conditioning"):
+    with caplog.at_level("WARNING", logger="motif_video.core.encoders"):
         ids, mask = tokenize_prompts(tokenizer, PROMPTS[:2], full)
         assert ids.shape == (2, full) and mask.dtype == torch.bool and not caplog.records
         ids, _ = tokenize_prompts(tokenizer, PROMPTS[:2], full - 2)

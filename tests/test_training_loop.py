@@ -239,8 +239,8 @@ def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
 
 def test_training_from_shards_resumes_exactly(tmp_path):
     """prepare-format shards -> ShardReader -> train: a run killed after step 3 and resumed ends identical."""
-    from motif_video.data.shard_reader import ShardReader
-    from motif_video.data.synthetic import write_synthetic_shards
+    from motif_video.core.shard_reader import ShardReader
+    from motif_video.core.synthetic_shards import write_synthetic_shards
 
     data = tmp_path / "shards"
     write_synthetic_shards(

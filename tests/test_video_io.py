@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from motif_video import video_io
-from motif_video.run_record import record_path_for, to_jsonable, write_run_record
-from motif_video.video_io import export_video, load_image, read_video, video_info
+from motif_video.core import video_io
+from motif_video.core.run_record import record_path_for, to_jsonable, write_run_record
+from motif_video.core.video_io import export_video, load_image, read_video, video_info
 
 
 def gradient_video(frames: int = 6, height: int = 32, width: int = 48) -> np.ndarray:

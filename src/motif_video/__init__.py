@@ -11,8 +11,7 @@ from motif_video.models import (
     random_route,
     set_attention_backend,
 )
-
-__version__ = "0.1.0"
+from motif_video.version import __version__
 
 _PIPELINE_NAMES = ("MotifVideoPipeline", "MotifVideoPipelineOutput", "GuidanceConfig", "OFFICIAL_NEGATIVE_PROMPT")
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from motif_video.data.schema import CAPTION_VARIANTS, Bucket, parse_bucket
+from motif_video.core.shards import CAPTION_VARIANTS, Bucket, parse_bucket
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 KNOWN_FIELDS = ("path", "caption", "caption_short", "key", "fps")
@@ -229,7 +229,7 @@ def _item(row: dict[str, Any], line: int, index: int, source: Path) -> ManifestI
 
 def parse_buckets(text: str) -> list[Bucket]:
     """'1x64x64,17x64x64' -> [(1, 64, 64), (17, 64, 64)]; ValueError for malformed or invalid sizes."""
-    from motif_video.pipeline.latents import check_video_size
+    from motif_video.core.latent_space import check_video_size
 
     buckets: list[Bucket] = []
     for name in (part.strip() for part in text.split(",")):
@@ -289,7 +289,7 @@ class Clip:
 
 def load_clip(item: ManifestItem, buckets: list[Bucket], stride: int = 1) -> Clip:
     """Decode `item` and fit it to its bucket; ValueError (or a decoder's own error) if it cannot be used."""
-    from motif_video.video_io import load_image, read_video
+    from motif_video.core.video_io import load_image, read_video
 
     if not item.path.exists():
         raise ValueError(f"missing: {item.path} does not exist")

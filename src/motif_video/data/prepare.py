@@ -37,16 +37,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from motif_video.data.manifest import (
-    CaptionProbs,
-    Clip,
-    ManifestItem,
-    choose_caption_variant,
-    load_clip,
-    parse_buckets,
-    read_manifest,
-)
-from motif_video.data.schema import (
+from motif_video.core.shards import (
     INDEX_SUFFIX,
     NULL_TEXT_FILE,
     SHARD_PATTERN,
@@ -55,6 +46,15 @@ from motif_video.data.schema import (
     SampleMeta,
     ShardIndex,
     bucket_name,
+)
+from motif_video.data.manifest import (
+    CaptionProbs,
+    Clip,
+    ManifestItem,
+    choose_caption_variant,
+    load_clip,
+    parse_buckets,
+    read_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ class SampleEncoder:
         self.device, self.dtype, self.image_tokens = device, dtype, image_tokens
         self.teacher = None
         if teacher is not None:  # REPA targets on the latent token grid (training.repa, feature_source="shards")
+            from motif_video.core.teachers import load_teacher
             from motif_video.training.repa import REPAConfig
-            from motif_video.training.teachers import load_teacher
 
             repa = REPAConfig(enabled=True, teacher=teacher[0], teacher_path=teacher[1])
             self.teacher = load_teacher(
@@ -104,7 +104,7 @@ class SampleEncoder:
     @torch.no_grad()
     def null_text(self, max_sequence_length: int) -> torch.Tensor:
         """The empty prompt's encoding (L, D): what prompt dropout trains on (written as null_text.safetensors)."""
-        from motif_video.pipeline.conditioning import encode_text
+        from motif_video.core.encoders import encode_text
 
         embeds, mask = encode_text(
             self.tokenizer, self.text_encoder, [""], max_sequence_length, self.device, torch.float32
@@ -114,8 +114,8 @@ class SampleEncoder:
     @torch.no_grad()
     def encode(self, clip: Clip, caption: str, is_image: bool, max_sequence_length: int) -> dict[str, torch.Tensor]:
         """-> latents (16, F', h, w), text (L, D), first_frame (16, 1, h, w) if a video, image_tokens (L_img, D_img)."""
-        from motif_video.pipeline.conditioning import encode_text, siglip_tokens
-        from motif_video.pipeline.latents import normalize_latents
+        from motif_video.core.encoders import encode_text, siglip_tokens
+        from motif_video.core.latent_space import normalize_latents
 
         vae_dtype = next(self.vae.parameters()).dtype
         video = clip.pixels.permute(1, 0, 2, 3)[None].to(self.device, vae_dtype)  # (1, 3, F, H, W)
@@ -284,7 +284,7 @@ def _write_shard(
     """Encode `items` into `tar_path`: tar under a temporary name, rename, then the index (= complete)."""
     from safetensors.torch import save as save_safetensors
 
-    from motif_video.video_io import atomic_output
+    from motif_video.core.video_io import atomic_output
 
     for stale in tar_path.parent.glob(f".{tar_path.name}.*.tmp"):  # left by a killed run; only this rank writes it
         stale.unlink(missing_ok=True)

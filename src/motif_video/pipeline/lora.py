@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from motif_video.training import lora
+from motif_video.core import lora
 
 
 def _check_plain(pipe: Any, action: str) -> None:

@@ -25,17 +25,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from motif_video.pipeline import conditioning, inputs, lora
-from motif_video.pipeline import latents as latent_ops
+from motif_video.core import encoders as conditioning
+from motif_video.core import latent_space as latent_ops
+from motif_video.core.flow import DEFAULT_SHIFT_I2V, DEFAULT_SHIFT_T2V, to_model_timestep
+from motif_video.pipeline import inputs, lora
 from motif_video.pipeline.guidance import GuidanceConfig, GuidanceState, combine
-from motif_video.pipeline.schedule import (
-    DEFAULT_SHIFT_I2V,
-    DEFAULT_SHIFT_T2V,
-    resolve_sigmas,
-    set_scheduler_sigmas,
-    to_model_timestep,
-    unshifted_scheduler,
-)
+from motif_video.pipeline.schedule import resolve_sigmas, set_scheduler_sigmas, unshifted_scheduler
 
 logger = logging.getLogger(__name__)
 

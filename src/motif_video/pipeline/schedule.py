@@ -1,7 +1,4 @@
-"""Sampling schedules for rectified flow, and how they are handed to a diffusers scheduler.
-
-One time convention: sigma = t in [0, 1], t = 1 is pure noise, x_t = (1 - t) x0 + t eps, and the model
-predicts v = eps - x0 with its timestep on the 0..1000 scale (`to_model_timestep`).
+"""Sampling schedules for rectified flow (the convention: `core.flow`), and how they reach a diffusers scheduler.
 
 The default schedule is the reference's: sigmas = linspace(1, 1/N, N), then a STATIC shift
 s * sigma / (1 + (s - 1) * sigma) (Motif-Video model card: s = 15 for T2V, 8 for I2V). The shift is applied
@@ -18,29 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-DEFAULT_SHIFT_T2V = 15.0
-DEFAULT_SHIFT_I2V = 8.0
-NUM_TRAIN_TIMESTEPS = 1000
-
-
-def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
-    """Static time shift s*t / (1 + (s-1)*t) (SD3, arXiv 2403.03206 eq. 23); s = 1 is the identity."""
-    if shift <= 0:
-        raise ValueError(f"shift must be positive, got {shift}")
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    return shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
-
-
-def flow_sigmas(num_steps: int, shift: float) -> np.ndarray:
-    """The reference's default schedule: linspace(1, 1/N, N) shifted; (N,) float64, descending, no final 0."""
-    if num_steps < 1:
-        raise ValueError(f"num_inference_steps must be at least 1, got {num_steps}")
-    return shift_sigmas(np.linspace(1.0, 1.0 / num_steps, num_steps), shift)
-
-
-def to_model_timestep(t: torch.Tensor | float) -> torch.Tensor | float:
-    """t in [0, 1] -> the transformer's 0..1000 timestep scale."""
-    return t * NUM_TRAIN_TIMESTEPS
+from motif_video.core.flow import NUM_TRAIN_TIMESTEPS, flow_sigmas
 
 
 def resolve_sigmas(

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from motif_video.core.lora import merge_lora_state_dict, model_state_dict_merged
 from motif_video.models.checkpoint_io import CheckpointError, check_state_dict, reconcile_config, save_transformer
 from motif_video.models.config import PRESETS, MotifVideoConfig
 from motif_video.models.transformer import MotifVideoTransformer
 from motif_video.training.checkpoint import COMPLETE, latest_checkpoint, read_tensors, stored_tensors
-from motif_video.training.lora import merge_lora_state_dict, model_state_dict_merged
 from motif_video.training.parallel import world
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -45,8 +45,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from motif_video.pipeline.latents import initial_noise
-from motif_video.pipeline.schedule import shift_sigmas
+from motif_video.core import latent_space
+from motif_video.core.flow import shift_sigmas
+from motif_video.core.latent_space import initial_noise
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,6 @@ def sample_timesteps(batch: int, config: ObjectiveConfig, generator: torch.Gener
     if config.shift != 1.0:
         t = torch.from_numpy(shift_sigmas(t.double().cpu().numpy(), config.shift)).to(device=device)
     return t.float().clamp(1e-5, 1.0 - 1e-5)
-
-
-def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0, eps: (B, C, F, H, W); t: (B,) -> (x_t, target v = eps - x0)."""
-    tt = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-    return (1 - tt) * x0 + tt * eps, eps - x0
 
 
 def draw_noise(shape: tuple[int, ...], config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:
@@ -159,18 +154,13 @@ def condition_channels(
 
     first_frame: (B, 16, 1, h, w) clean normalised first-frame latents (None: all T2V); i2v: (B,) bool.
     """
-    b, c, f, h, w = latents_shape
     device = t.device
-    out = torch.zeros(b, c + 1, f, h, w, device=device)
-    if first_frame is None or f < 2 or not bool(i2v.any()):
-        return out
+    if first_frame is None or latents_shape[2] < 2 or not bool(i2v.any()):
+        return latent_space.condition_channels(None, latents_shape, device, torch.float32)
     cond = first_frame.to(device=device, dtype=torch.float32)
-    if config.blur_max > 0:
+    if config.blur_max > 0:  # a blurred first frame at high noise (the report's I2V robustness)
         cond = gaussian_blur_latent(cond, config.blur_max * t.float() ** config.blur_power)
-    on = i2v.to(device=device, dtype=torch.float32).view(b, 1, 1, 1)
-    out[:, :c, 0] = cond[:, :, 0] * on
-    out[:, c, 0] = on[:, 0]
-    return out
+    return latent_space.condition_channels(cond, latents_shape, device, torch.float32, i2v=i2v)
 
 
 def draw_i2v(is_video: torch.Tensor, config: ObjectiveConfig, generator: torch.Generator) -> torch.Tensor:

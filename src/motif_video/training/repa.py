@@ -14,7 +14,7 @@ REPA off from stage 4; its layer, projector and weight are unpublished, so REPA'
 - Targets on the latent token grid (F' = (F-1)/4 + 1, H/16, W/16), flattened t-h-w like the transformer's tokens
   (`resample_to_latent_grid`), then gathered with the TREAD route's keep indices when the tap lies inside the
   routed span (`tap_keep`, `gather_like_route`). With `feature_source="shards"` the targets were precomputed on
-  the latent grid (tensor key `teacher`, (N, D_t), `motif_video.data.schema`) and only the gather is left.
+  the latent grid (tensor key `teacher`, (N, D_t), `motif_video.core.shards`) and only the gather is left.
 
 Resampling (OUR CHOICE, separable per axis): where an axis shrinks, each output cell is the mean of the input
 cells it covers (adaptive average pooling: exact box averages for integer ratios, e.g. the 4 frames of a VAE
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from motif_video.core.teachers import DEFAULT_TEACHER_IDS, Grid, Teacher, TeacherKind
 from motif_video.models.routing import TokenRoute, gather_tokens
-from motif_video.training.teachers import DEFAULT_TEACHER_IDS, Grid, Teacher, TeacherKind
 
 FeatureSource = Literal["online", "shards"]
 VAE_TEMPORAL_STRIDE = 4  # Wan VAE: 4x in time (causal: frame 0 alone)

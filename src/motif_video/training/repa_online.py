@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from motif_video.pipeline.latents import denormalize_latents
+from motif_video.core.latent_space import denormalize_latents
+from motif_video.core.teachers import Teacher
 from motif_video.training.repa import TOKEN_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, teacher_targets
-from motif_video.training.teachers import Teacher
 
 
 class OnlineTargets:

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from motif_video.data.schema import NULL_TEXT_FILE, complete_shards, parse_bucket
-from motif_video.data.shard_reader import ShardReader, decode_sample, read_tar, resolve_shards
+from motif_video.core.shard_reader import ShardReader, decode_sample, read_tar, resolve_shards
+from motif_video.core.shards import NULL_TEXT_FILE, complete_shards, parse_bucket
 from motif_video.models.config import MotifVideoConfig, get_preset
 from motif_video.models.transformer import MotifVideoTransformer
 from motif_video.training.checkpoint import latest_checkpoint, load_weights
@@ -228,7 +228,7 @@ def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device
             insert_shared_cross_attention(transformer)
     projector = _projector(recipe, run_dir, index, transformer, *world())
     if recipe.lora:  # before loading: a previous stage's checkpoint holds the adapters under peft's names
-        from motif_video.training.lora import LoRAConfig, add_lora
+        from motif_video.core.lora import LoRAConfig, add_lora
 
         add_lora(transformer, LoRAConfig(**recipe.lora))
     text_encoder = tokenizer = None
@@ -272,7 +272,7 @@ def _projector(
     if repa.feature_source == "shards":
         dim = _teacher_dim(recipe, run_dir, index, rank, world_size)
     else:
-        from motif_video.training.teachers import load_teacher
+        from motif_video.core.teachers import load_teacher
 
         dim = load_teacher(repa.teacher, repa.teacher_source, torch.float32, "cpu", **repa.teacher_options()).dim
     g = torch.Generator().manual_seed(recipe.seed + 7919 * (index + 1))
@@ -305,7 +305,7 @@ def _shards(
     if source.path == SYNTHETIC:
         folder = Path(run_dir) / "data" / f"{stage.name}-{name}"
         if rank == 0 and not complete_shards(folder):
-            from motif_video.data.synthetic import write_synthetic_shards
+            from motif_video.core.synthetic_shards import write_synthetic_shards
 
             dim = build_text_dim(recipe)
             write_synthetic_shards(
@@ -377,8 +377,8 @@ def _online_teacher(recipe: Recipe, stage: Stage, model: TrainModule, device: to
         raise ValueError(f"stage {stage.name!r}: online REPA decodes latents: set `vae` to a release folder")
     from diffusers import AutoencoderKLWan
 
+    from motif_video.core.teachers import load_teacher
     from motif_video.training.repa_online import OnlineTargets
-    from motif_video.training.teachers import load_teacher
 
     folder = Path(recipe.vae)
     vae = AutoencoderKLWan.from_pretrained(str(folder / "vae" if (folder / "vae").is_dir() else folder))

@@ -45,7 +45,7 @@ class TrainModule(nn.Module):
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> (input_ids (B, L), mask (B, L) bool), as the pipeline tokenizes them."""
-        from motif_video.pipeline.conditioning import tokenize_prompts
+        from motif_video.core.encoders import tokenize_prompts
 
         if self.tokenizer is None:
             raise ValueError("this TrainModule has no text encoder: its batches carry encoded text")

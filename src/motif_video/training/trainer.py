@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
+from motif_video.core.flow import interpolate, to_model_timestep
 from motif_video.models.routing import random_route
-from motif_video.pipeline.schedule import to_model_timestep
 from motif_video.training.checkpoint import init_optimizer_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from motif_video.training.objective import (
     ObjectiveConfig,
@@ -47,7 +47,6 @@ from motif_video.training.objective import (
     draw_prompt_drop,
     drop_prompts,
     flow_loss,
-    interpolate,
     sample_timesteps,
 )
 from motif_video.training.parallel import world

@@ -1,0 +1,3 @@
+from motif_video_lab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""Generate videos to files: the library function behind `motif-video generate`.
+
+`GenerateSettings` is everything a run needs, resolved (seed, size, sampler, guidance, memory mode, ...). It is
+checked in full BEFORE any model is loaded, so bad input costs a second, not a model load; then the pipeline
+runs and each video is written atomically (never half-written) with the settings and versions as JSON beside
+it. Several prompts or videos per prompt write `stem-<k>.<ext>` files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from motif_video.core.latent_space import check_noise_correlation, check_video_size
+from motif_video.pipeline.guidance import GUIDANCE_METHODS
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_MODEL = "Motif-Technologies/Motif-Video-2B"
+OFFLOAD_MODES = ("none", "model", "block")
+SAMPLERS = ("euler", "unipc", "dpm++")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
+
+
+def local_patch(model: str | None) -> tuple[int, int]:
+    """(spatial, temporal) patch of a local release's transformer, read from its config.json without loading it, so
+    a size check before the load uses the model's own; the official (2, 1) for a hub id, the default model or a
+    folder without that file (the pipeline checks again once the model is loaded)."""
+    import json
+
+    from motif_video.models.config import MotifVideoConfig
+
+    default = (MotifVideoConfig.patch_size, MotifVideoConfig.patch_size_t)
+    config = Path(model) / "transformer" / "config.json" if model else None
+    if config is None or not config.is_file():
+        return default
+    try:
+        stored = json.loads(config.read_text())
+        return int(stored.get("patch_size", default[0])), int(stored.get("patch_size_t") or default[1])
+    except (ValueError, TypeError, OSError):
+        return default  # an unreadable config is reported by the load, with its own message
+
+
+@dataclass
+class GenerateSettings:
+    """One generation run. `None` means the model's default (size, frames, fps, steps) or the task's (shift)."""
+
+    prompts: list[str]
+    output: str = "video.mp4"
+    model: str | None = None  # release folder or hub id; None with preset=None -> `default_model()`
+    preset: str | None = None  # "tiny": random tiny components built in memory (no download)
+    image: str | None = None
+    negative_prompt: str | None = None  # None -> the model's default (official: the official negative prompt)
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    steps: int | None = None
+    seed: int = 0
+    num_videos_per_prompt: int = 1
+    guidance_scale: float | None = None
+    guidance: str | None = None  # apg | cfg | none (None: the model's guider config)
+    apg_eta: float | None = None
+    shift: float | None = None
+    noise_correlation: float | None = None  # between latent frames of the starting noise (None: the model's)
+    sampler: str = "euler"
+    fps: int | None = None
+    offload: str = "none"
+    fp8: bool = False
+    vae_tiling: bool = False
+    text_encoder_on_cpu: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Every check that needs no model load; raises ValueError with what to change."""
+        if not self.prompts:
+            raise ValueError("no prompt: pass --prompt TEXT or --prompt-file FILE")
+        for prompt in self.prompts:
+            if not prompt.strip():
+                raise ValueError("empty prompt: every prompt must contain text")
+        for name in ("height", "width", "num_frames", "steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        patch, patch_t = local_patch(self.model)
+        step = 8 * patch
+        check_video_size(self.height or step, self.width or step, self.num_frames or 1, patch, patch_t)
+        if self.noise_correlation is not None:
+            check_noise_correlation(self.noise_correlation)
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"unknown offload mode {self.offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.guidance is not None and self.guidance not in GUIDANCE_METHODS:
+            raise ValueError(f"unknown guidance {self.guidance!r}: choose one of {', '.join(GUIDANCE_METHODS)}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}: choose auto, {', '.join(DTYPES)}")
+        if self.num_videos_per_prompt < 1:
+            raise ValueError("--num-videos-per-prompt must be at least 1")
+        if self.model is not None and self.preset is not None:
+            raise ValueError("pass either --model or --preset, not both")
+        if self.preset is not None and self.preset != "tiny":
+            raise ValueError(f"unknown preset {self.preset!r}: the only built-in preset is 'tiny'")
+        if self.image is not None:
+            from motif_video.core.video_io import load_image
+
+            load_image(self.image)  # readable now, not after the model load
+        out = Path(self.output)
+        if not out.parent.is_dir():
+            raise ValueError(f"output directory {out.parent} does not exist: create it or choose another --output")
+        if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"unsupported output format {out.suffix!r}: use .mp4, .gif, .webm, or a folder for PNGs")
+        if self.device != "auto" and self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+        if self.offload != "none" and self.resolved_device().type != "cuda":
+            raise ValueError(f"--offload {self.offload} moves weights between CPU and GPU: it needs --device cuda")
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return DTYPES[self.dtype]
+
+
+def default_model() -> str:
+    """The small model shipped in the package when it is there (offline), else the official release."""
+    from motif_video.core.release import small_model_dir
+    from motif_video.models.checkpoint_io import CheckpointError
+
+    try:
+        return str(small_model_dir())
+    except CheckpointError:
+        return OFFICIAL_MODEL
+
+
+def build_pipeline(settings: GenerateSettings) -> Any:
+    """Load (or build, for the tiny preset) the pipeline and apply the memory mode."""
+    from motif_video.pipeline.loading import read_index, resolve_folder
+    from motif_video.pipeline.pipeline import GenerationDefaults, MotifVideoPipeline
+
+    dtype, device = settings.resolved_dtype(), settings.resolved_device()
+    if settings.preset == "tiny":
+        from motif_video.pipeline.tiny import TINY_DEFAULTS, build_tiny_components
+
+        pipe = MotifVideoPipeline.from_components(build_tiny_components(seed=0), source="preset:tiny")
+        pipe.defaults = GenerationDefaults(**TINY_DEFAULTS)
+        pipe.transformer.to(dtype=dtype)
+    else:
+        source = settings.model if settings.model is not None else default_model()
+        folder = resolve_folder(source)
+        read_index(folder)  # a clear error for an incomplete folder before loading anything heavy
+        pipe = MotifVideoPipeline.from_pretrained(str(folder), torch_dtype=dtype)
+        pipe.source = source
+    if settings.sampler != "euler":
+        pipe.scheduler = _sampler(settings.sampler, pipe.scheduler)
+    if settings.fp8:
+        pipe.enable_fp8()
+    if settings.vae_tiling:
+        pipe.enable_vae_tiling()
+    if settings.text_encoder_on_cpu:
+        pipe.enable_text_encoder_on_cpu()
+    if settings.offload == "model":
+        pipe.enable_model_cpu_offload(device)
+    elif settings.offload == "block":
+        pipe.enable_block_offload(device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def _sampler(name: str, scheduler: Any) -> Any:
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    cls = {"unipc": UniPCMultistepScheduler, "dpm++": DPMSolverMultistepScheduler}[name]
+    return cls(use_flow_sigmas=True, prediction_type="flow_prediction", num_train_timesteps=1000)
+
+
+def output_paths(output: str, count: int) -> list[Path]:
+    out = Path(output)
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(count)]
+
+
+def generate(settings: GenerateSettings, pipe: Any | None = None) -> list[Path]:
+    """Run `settings`; returns the written video paths (each with a settings JSON beside it)."""
+    from motif_video.core.run_record import record_path_for, write_run_record
+    from motif_video.core.video_io import export_video
+
+    settings.validate()
+    started = time.perf_counter()
+    pipe = pipe if pipe is not None else build_pipeline(settings)
+    loaded = time.perf_counter()
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    kwargs: dict[str, Any] = dict(
+        prompt=settings.prompts,
+        image=settings.image,
+        height=settings.height,
+        width=settings.width,
+        num_frames=settings.num_frames,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        guidance=settings.guidance,
+        apg_eta=settings.apg_eta,
+        shift=settings.shift,
+        noise_correlation=settings.noise_correlation,
+        num_videos_per_prompt=settings.num_videos_per_prompt,
+        generator=generator,
+        output_type="np",
+    )
+    if settings.negative_prompt is not None:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    frames = pipe(**kwargs).frames
+    done = time.perf_counter()
+
+    resolved = pipe.last_call  # every sampling argument as the pipeline resolved it
+    fps = settings.fps or pipe.defaults.fps
+    paths = output_paths(settings.output, len(frames))
+    per_video = settings.num_videos_per_prompt
+    for k, (path, video) in enumerate(zip(paths, frames)):
+        export_video(video, path, fps=fps)
+        record = dict(
+            asdict(settings),
+            video_index=k,
+            prompt=settings.prompts[k // per_video],
+            model_source=pipe.source,
+            resolved=resolved,
+            fps=fps,
+            timings_s=dict(load=round(loaded - started, 3), generate=round(done - loaded, 3)),
+        )
+        write_run_record(record_path_for(path), record)
+        logger.info("wrote %s", path)
+    return paths

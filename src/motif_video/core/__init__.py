@@ -1,0 +1,1 @@
+"""Shared foundations: what pipeline, data and training all build on, one module per concept."""
