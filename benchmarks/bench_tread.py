@@ -34,6 +34,7 @@ from motif_video import MotifVideoConfig, MotifVideoTransformer, get_preset
 from motif_video.models import get_attention_backend
 from motif_video.models.routing import random_route
 from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
+from motif_video.training.parallel import apply_activation_checkpointing
 
 CPU_CONFIG = get_preset("motif-video-2b").replace(num_attention_heads=2)  # D = 2 x 128 = 256
 CPU_GRID, CPU_TEXT = (3, 16, 32), 64
@@ -60,7 +61,7 @@ def build(config: MotifVideoConfig, device: torch.device, dtype: torch.dtype, ch
         torch.nn.init.normal_(model.proj_out.weight, std=0.02)
     model = model.to(dtype).train()
     if checkpointing:
-        model.enable_gradient_checkpointing()
+        apply_activation_checkpointing(model)
     return model
 
 

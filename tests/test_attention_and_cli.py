@@ -54,31 +54,6 @@ def test_trimming_changes_no_attention_output():
     torch.testing.assert_close(trimmed, full, rtol=0, atol=1e-6)
 
 
-def test_observe_attention_sees_every_call_and_changes_nothing():
-    from motif_video import MotifVideoTransformer
-    from motif_video.models.attention import observe_attention
-    from motif_video.models.config import get_preset
-
-    model = MotifVideoTransformer(get_preset("tiny"))
-    model.init_weights(torch.Generator().manual_seed(0))
-    for p in model.parameters():  # a fresh model's zeroed gates would make every attention output irrelevant
-        p.data.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    c = model.config
-    x = torch.randn(1, c.in_channels, 2, 4, 4, generator=torch.Generator().manual_seed(1))
-    text = torch.randn(1, 3, c.text_embed_dim, generator=torch.Generator().manual_seed(2))
-    inputs = dict(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text)
-    with torch.no_grad():
-        plain = model(**inputs).sample
-        seen = []
-        with observe_attention(lambda q, k, mask: seen.append((q.shape[2], k.shape[2]))):
-            observed = model(**inputs).sample
-        model(**inputs)  # outside the block: not recorded
-    torch.testing.assert_close(observed, plain, rtol=0, atol=0)
-    video = 2 * 2 * 2  # (2, 4, 4) latents, patch (1, 2, 2)
-    blocks = c.num_layers + c.num_single_layers
-    assert len([s for s in seen if s[0] == s[1] and s[1] > video]) == blocks and len(seen) >= blocks
-
-
 def test_backend_selection():
     assert get_attention_backend() == "sdpa"
     assert "sdpa" in available_backends()

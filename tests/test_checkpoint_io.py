@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import assert_close_scaled, make_inputs, random_ours, random_reference
+from model_helpers import assert_close_scaled, make_inputs, random_ours, random_reference
 from motif_video import CheckpointError, MotifVideoTransformer, get_preset
 
 TINY = get_preset("tiny")
@@ -171,3 +171,18 @@ def test_hub_id_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):
         MotifVideoTransformer.from_pretrained(
             "no-such-org/no-such-model", subfolder="transformer", cache_dir=str(tmp_path)
         )
+
+
+def test_release_hub_id_rule(tmp_path, monkeypatch):
+    """One rule for what a release source string means: `owner/name` is a hub id; paths and anything else are not."""
+    from motif_video.core.release import is_hub_id, resolve_folder
+
+    assert is_hub_id("Motif-Technologies/Motif-Video-2B")
+    for text in ("gpt2", "a/b/c", "./a/b", "/a/b", "~/a", "owner/", "/name", str(tmp_path)):
+        assert not is_hub_id(text), text
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "file").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert not is_hub_id("org/file")  # an existing relative path is a path
+    with pytest.raises(CheckpointError, match="not a folder.*owner/name"):
+        resolve_folder("org/file")

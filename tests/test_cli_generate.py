@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from motif_video.cli import main
 from motif_video.core.video_io import read_video
+from motif_video.pipeline.settings import GenerationSettings
 from motif_video.pipeline.tiny import save_tiny_release
 
 SMALL = ["--preset", "tiny", "--height", "32", "--width", "48", "--num-frames", "9", "--steps", "2"]
@@ -184,8 +187,63 @@ def test_size_precheck_uses_the_local_models_patch(tmp_path):
     out = str(tmp_path / "clip.mp4")
     (release / "transformer" / "config.json").write_text(json.dumps({"patch_size": 1, "patch_size_t": 1}))
     assert local_patch(str(release)) == (1, 1)
-    GenerateSettings(["a red circle"], model=str(release), height=40, width=24, output=out).validate()  # 8 * 1
+    size = GenerationSettings(height=40, width=24)
+    GenerateSettings(["a red circle"], model=str(release), generation=size, output=out).validate()  # 8 * 1
     (release / "transformer" / "config.json").write_text(json.dumps({"patch_size": 2, "patch_size_t": None}))
     with pytest.raises(ValueError, match="multiple of 16"):
-        GenerateSettings(["a red circle"], model=str(release), height=40, output=out).validate()
+        GenerateSettings(["a red circle"], model=str(release), generation=size, output=out).validate()
     assert local_patch("Motif-Technologies/Motif-Video-2B") == local_patch(None) == (2, 1)
+
+
+def test_every_generation_setting_is_a_flag_with_its_default():
+    """The command line is built from the settings dataclasses: one flag per field, the field's default."""
+    from dataclasses import fields
+
+    from motif_video.cli.main import build_parser
+
+    args = build_parser().parse_args(["generate"])
+    for f in fields(GenerationSettings):
+        assert getattr(args, f.name) == f.default, f.name
+    args = build_parser().parse_args(["generate", "--steps", "3", "--guidance", "cfg", "--text-encoder-cpu"])
+    assert (args.steps, args.guidance, args.text_encoder_on_cpu) == (3, "cfg", True)
+
+
+def test_the_pipeline_runs_settings_as_it_runs_keyword_arguments():
+    from motif_video.pipeline import MotifVideoPipeline
+    from motif_video.pipeline.tiny import build_tiny_components
+
+    pipe = MotifVideoPipeline.from_components(build_tiny_components(seed=0))
+    pipe.set_progress_bar_config(disable=True)
+    settings = GenerationSettings(height=32, width=32, num_frames=5, steps=2, seed=5, guidance="cfg", shift=3.0)
+    by_settings = pipe.generate("a red ball", settings).frames
+    by_kwargs = pipe(
+        "a red ball", height=32, width=32, num_frames=5, num_inference_steps=2, guidance="cfg", shift=3.0,
+        generator=torch.Generator().manual_seed(5),
+    ).frames  # fmt: skip
+    np.testing.assert_array_equal(by_settings, by_kwargs)
+    with pytest.raises(ValueError, match="generator"):
+        pipe.generate("a red ball", settings, generator=torch.Generator())
+
+
+KNOWN_PROMPT = "a large red circle moves to the left slowly on a black background."
+
+
+def test_generate_warns_about_words_the_shipped_models_tokenizer_does_not_know(tmp_path, caplog):
+    """The shipped small model has a word-level vocabulary: a word outside it reaches the model as <unk>."""
+    from motif_video.cli.generate import GenerateSettings, build_pipeline, generate
+    from motif_video.core.release import small_model_dir
+
+    def run(prompt: str) -> list[str]:
+        quick = GenerationSettings(num_frames=5, steps=1)
+        out = str(tmp_path / "clip.mp4")
+        settings = GenerateSettings([prompt], model=str(small_model_dir()), device="cpu", generation=quick, output=out)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="motif_video.cli.generate"):
+            generate(settings, pipe)
+        return [r.getMessage() for r in caplog.records if r.name == "motif_video.cli.generate"]
+
+    pipe = build_pipeline(GenerateSettings(["x"], model=str(small_model_dir()), device="cpu"))
+    pipe.set_progress_bar_config(disable=True)
+    assert run(KNOWN_PROMPT) == []
+    warnings = run("a large zebra circle moves to the left on a xylophone background.")
+    assert len(warnings) == 1 and "zebra, xylophone" in warnings[0] and "large" not in warnings[0].split(":")[0]

@@ -33,7 +33,7 @@ from transformers import (
     T5Gemma2Encoder,
 )
 
-from conftest import assert_close_scaled, random_reference
+from model_helpers import assert_close_scaled, random_reference
 from motif_video import MotifVideoTransformer, get_preset
 from motif_video.pipeline.tiny import build_text_encoder, build_vae
 

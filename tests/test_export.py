@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import assert_close_scaled, free_port, make_inputs, random_ours
+from model_helpers import assert_close_scaled, free_port, make_inputs, random_ours
 from motif_video import MotifVideoTransformer, get_preset
 from motif_video.cli import main
 from motif_video.training.checkpoint import COMPLETE, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -162,11 +162,17 @@ def test_wrapped_model_checkpoint_exports_the_transformer_only(tmp_path):
     assert set(_weights(tmp_path / "mem")) == set(exported)
 
 
-def test_release_from_base_and_cli(run, tmp_path, capsys):
-    from motif_video.pipeline import MotifVideoPipeline
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny release whose components fit the tiny transformer."""
     from motif_video.pipeline.tiny import save_tiny_release
 
-    base = save_tiny_release(tmp_path / "base")
+    return save_tiny_release(tmp_path_factory.mktemp("base") / "release")
+
+
+def test_release_from_base_and_cli(run, base, tmp_path, capsys):
+    from motif_video.pipeline import MotifVideoPipeline
+
     out = tmp_path / "release"
     code = main(
         ["export", "--checkpoint", str(run[0]), "--output", str(out), "--model-config", "tiny"]
@@ -184,6 +190,82 @@ def test_release_from_base_and_cli(run, tmp_path, capsys):
     code = main(["export", "--checkpoint", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("motif-video export: error:") and "\n" not in err
+
+
+def _edit_config(folder, component: str, **changes) -> None:
+    path = folder / component / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        *parents, name = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[name] = value
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("component", "changes", "named"),
+    [
+        ("text_encoder", {"text_config.hidden_size": 64}, "text encoder width 64 vs transformer text_embed_dim 32"),
+        ("text_encoder", {"vision_config.hidden_size": 32}, "SigLIP width 32 vs transformer image_embed_dim 24"),
+        ("vae", {"z_dim": 8}, "VAE latent channels 8 vs transformer out_channels 16"),
+        ("transformer", {"patch_size": 4}, "release transformer patch_size 4 vs 2"),
+    ],
+)
+def test_base_that_does_not_fit_is_refused_before_anything_is_written(
+    run, base, tmp_path, capsys, component, changes, named
+):
+    """The shipped small model's text encoder is 64 wide, a cpu-tiny run's transformer reads 32: such a release would
+    load and then fail in `generate`, so export refuses it, naming the mismatch, and writes nothing."""
+    mismatched = tmp_path / "base"
+    shutil.copytree(base, mismatched)
+    _edit_config(mismatched, component, **changes)
+    out = tmp_path / "release"
+    args = ["--checkpoint", str(run[0]), "--model-config", "tiny", "--output", str(out), "--base", str(mismatched)]
+    code = main(["export", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "does not fit this transformer" in err and named in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match=named):  # an in-memory model is checked the same way
+        export_transformer(run[1], out, base=mismatched)
+    assert not out.exists()
+
+
+def test_exported_transformer_folder_becomes_a_release(run, base, tmp_path):
+    """An export without --base (as a run's final/transformer) is a transformer folder; exported again with a base,
+    from it or from the folder holding it, it becomes a complete release with the same weights."""
+    from motif_video.core.release import read_index
+
+    final = tmp_path / "final"
+    assert export_transformer(run[0], final / "transformer", model_config="tiny").release_dir is None
+    assert not (final / "transformer" / "model_index.json").exists()
+    for source in (final, final / "transformer"):
+        out = tmp_path / f"release-{source.name}"
+        result = export_transformer(source, out, base=base)
+        assert result.release_dir == out and result.step is None
+        read_index(out)  # complete
+        exported, again = _weights(final / "transformer"), _weights(out / "transformer")
+        assert exported.keys() == again.keys() and all(torch.equal(again[k], v) for k, v in exported.items())
+
+
+def test_written_files_get_ordinary_modes(run, base, tmp_path):
+    """Under umask 022 every file export writes or copies is 0644, even when the base's copy is 0600."""
+    import os
+    import stat
+
+    private = tmp_path / "base"
+    shutil.copytree(base, private)
+    os.chmod(private / "vae" / "config.json", 0o600)
+    old = os.umask(0o022)
+    try:
+        export_transformer(run[0], tmp_path / "release", model_config="tiny", base=private)
+        export_transformer(run[0], tmp_path / "transformer", model_config="tiny")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "release" / "model_index.json").stat().st_mode) == 0o644
+    files = [p for p in (*(tmp_path / "release").rglob("*"), *(tmp_path / "transformer").iterdir()) if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
 
 
 def _export_on_rank_0(rank: int, port: int, checkpoint: str, out: str) -> None:

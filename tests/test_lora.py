@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_close_scaled, make_inputs, random_ours, random_reference
+from model_helpers import assert_close_scaled, make_inputs, random_ours, random_reference
 from motif_video import MotifVideoTransformer, get_preset
 from motif_video.core.lora import (
     CONFIG_NAME,

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from conftest import diffusers_kwargs
+from model_helpers import diffusers_kwargs
 from motif_video import MotifVideoConfig, MotifVideoTransformer, get_preset
 
 

@@ -1,6 +1,7 @@
 """Memory modes: block offload (exact outputs, move order, prefetch, undo), component offload, FP8 quantization.
 
-CPU tests read the `trace` move logs (the CPU build has no second device); GPU-marked tests check real
+CPU tests read the moves (the CPU build has no second device), logged by wrapping the offloaders' move methods
+from the test (the `moves` fixture); GPU-marked tests check real
 placement, CUDA parity and peak memory.
 """
 
@@ -14,10 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_close_scaled, make_inputs, random_ours
+from model_helpers import assert_close_scaled, make_inputs, random_ours
 from motif_video import get_preset
-from motif_video.pipeline.offload import ComponentOffloader, enable_block_offload
+from motif_video.pipeline.offload import BlockOffloadHandle, ComponentOffloader, enable_block_offload
 from motif_video.pipeline.quantization import is_fp8_available, quantize_fp8_weight_only
+from motif_video.training.parallel import apply_activation_checkpointing
 
 TINY = get_preset("tiny")
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
@@ -29,6 +31,31 @@ def _inputs(device: str = "cpu", **kwargs) -> dict:
 
 def _hook_counts(model: nn.Module) -> list[int]:
     return [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()]
+
+
+@pytest.fixture
+def moves(monkeypatch) -> list[tuple[str, object]]:
+    """Every move the offloaders make during the test, in order: ("load" | "prefetch" | "release", block index)
+    and ("load" | "offload", component name); recorded by wrapping their move methods, nothing in the product."""
+    log: list[tuple[str, object]] = []
+
+    def wrap(cls: type, name: str, describe) -> None:
+        original = getattr(cls, name)
+
+        def wrapper(self, *args, **kwargs):
+            entry = describe(self, *args, **kwargs)  # before the move: what it is about to do
+            result = original(self, *args, **kwargs)
+            if entry is not None:
+                log.append(entry)
+            return result
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    wrap(BlockOffloadHandle, "_load", lambda handle, index, ahead: ("prefetch" if ahead else "load", index))
+    wrap(BlockOffloadHandle, "_release", lambda h, index: ("release", index) if index in h.resident_blocks else None)
+    wrap(ComponentOffloader, "_load", lambda offloader, name: ("load", name))
+    wrap(ComponentOffloader, "_release_resident", lambda o: None if o.resident is None else ("offload", o.resident))
+    return log
 
 
 def _expected_trace(num_blocks: int, prefetch: int) -> list[tuple[str, int]]:
@@ -61,10 +88,10 @@ def test_block_offload_cpu_is_bit_identical(prefetch):
     assert torch.equal(actual, expected) and torch.equal(again, expected)
 
 
-def test_block_offload_moves_blocks_in_order_with_prefetch():
+def test_block_offload_moves_blocks_in_order_with_prefetch(moves):
     model = random_ours(TINY)
-    trace: list = []
-    handle = enable_block_offload(model, "cpu", prefetch=1, trace=trace)
+    trace = moves
+    handle = enable_block_offload(model, "cpu", prefetch=1)
     seen = []  # what is resident when each block's own forward starts (hooks registered after ours)
     for index, block in enumerate(model.blocks):
         block.register_forward_pre_hook(lambda m, a, i=index: seen.append((i, handle.resident_blocks)))
@@ -81,15 +108,15 @@ def test_block_offload_moves_blocks_in_order_with_prefetch():
     assert trace == _expected_trace(n, prefetch=1)  # every step starts cold and ends with nothing resident
 
 
-def test_block_offload_survives_checkpoint_recomputation():
+def test_block_offload_survives_checkpoint_recomputation(moves):
     """Backward re-runs blocks in reverse (maybe stopped early): results and gradients must not change."""
     plain = random_ours(TINY)
-    plain.enable_gradient_checkpointing()
+    apply_activation_checkpointing(plain)
     offloaded = copy.deepcopy(plain)
     inputs = _inputs()
     plain(**inputs).sample.square().mean().backward()
-    trace: list = []
-    handle = enable_block_offload(offloaded, "cpu", prefetch=1, trace=trace)
+    trace = moves
+    handle = enable_block_offload(offloaded, "cpu", prefetch=1)
     offloaded(**inputs).sample.square().mean().backward()
     n = len(offloaded.blocks)
     assert trace[: len(_expected_trace(n, 1))] == _expected_trace(n, 1)
@@ -100,7 +127,7 @@ def test_block_offload_survives_checkpoint_recomputation():
     handle.remove()
 
 
-def test_remove_restores_model_and_hooks():
+def test_remove_restores_model_and_hooks(moves):
     model = random_ours(TINY)
     inputs = _inputs()
     params = dict(model.named_parameters())
@@ -119,11 +146,10 @@ def test_remove_restores_model_and_hooks():
     assert not hasattr(model, "_block_offload_handle")
     assert all(params[k] is p for k, p in model.named_parameters())  # the same Parameter objects
     assert all(torch.equal(v, state[k]) and v.device.type == "cpu" for k, v in model.state_dict().items())
-    trace: list = []
     with torch.no_grad():
         assert torch.equal(model(**inputs).sample, expected)
-        enable_block_offload(model, "cpu", trace=trace).remove()  # can be enabled again
-    assert trace == []
+        enable_block_offload(model, "cpu").remove()  # can be enabled again
+    assert moves == []  # enabling and removing move nothing through the hooks
 
 
 def test_block_offload_rejects_bad_arguments():
@@ -148,12 +174,12 @@ def _replay(trace: list) -> list[set]:
     return history
 
 
-def test_component_offloader_keeps_at_most_one_resident():
+def test_component_offloader_keeps_at_most_one_resident(moves):
     torch.manual_seed(0)
     parts = {"text_encoder": nn.Linear(4, 4), "transformer": nn.Linear(4, 4), "vae": nn.Linear(4, 4)}
     weights = {k: m.weight.detach().clone() for k, m in parts.items()}
-    trace: list = []
-    offloader = ComponentOffloader(parts, "cpu", trace=trace)
+    trace = moves
+    offloader = ComponentOffloader(parts, "cpu")
     assert offloader.resident is None
     with offloader.use("text_encoder") as te:
         assert te is parts["text_encoder"] and offloader.resident == "text_encoder"
@@ -235,7 +261,7 @@ BIG = TINY.replace(num_attention_heads=4, attention_head_dim=64, rope_axes_dim=(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("prefetch", [0, 1, 2])
-def test_cuda_block_offload_matches_and_saves_memory(prefetch):
+def test_cuda_block_offload_matches_and_saves_memory(prefetch, moves):
     model = random_ours(BIG)
     inputs = {k: (v.cuda() if v is not None else None) for k, v in make_inputs(BIG, batch=1, valid=(5,)).items()}
     plain = copy.deepcopy(model).cuda()
@@ -247,9 +273,9 @@ def test_cuda_block_offload_matches_and_saves_memory(prefetch):
     del plain
     torch.cuda.empty_cache()
 
-    trace: list = []
+    trace = moves
     torch.cuda.reset_peak_memory_stats()
-    handle = enable_block_offload(model, "cuda", prefetch=prefetch, trace=trace)
+    handle = enable_block_offload(model, "cuda", prefetch=prefetch)
     assert model.proj_out.weight.is_cuda and not model.blocks[0].norm1.linear.weight.is_cuda
     with torch.no_grad():
         actual = model(**inputs).sample

@@ -23,7 +23,7 @@ from diffusers import (
 )
 from diffusers import MotifVideoPipeline as ReferencePipeline
 
-from conftest import random_reference
+from model_helpers import random_reference
 from motif_video import get_preset
 from motif_video.core.flow import flow_sigmas
 from motif_video.models.checkpoint_io import CheckpointError

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
+from motif_video.cli.prepare import add_prepare_parser
 from motif_video.core.shards import SampleMeta, ShardIndex, complete_shards
 from motif_video.data.manifest import (
     CaptionProbs,
@@ -29,7 +30,7 @@ from motif_video.data.manifest import (
     read_manifest,
     resize_center_crop,
 )
-from motif_video.data.prepare import REPORT_PATTERN, add_prepare_parser, parse_buckets, prepare
+from motif_video.data.prepare import REPORT_PATTERN, parse_buckets, prepare
 from motif_video.models.config import get_preset
 
 BUCKETS = "1x32x32,1x32x48,9x32x32,9x32x48,9x48x32,17x32x32"

@@ -3,6 +3,7 @@ interleave, and whole-run resume across stage boundaries (1 process and 2 gloo r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import free_port
+from model_helpers import free_port
 from motif_video import MotifVideoTransformer
 from motif_video.training.insert_cross_attention import insert_shared_cross_attention
 from motif_video.training.interleave import InterleavedBatches
@@ -26,8 +27,10 @@ from motif_video.training.recipe import (
 )
 from motif_video.training.repa import REPAConfig, REPAProjector
 from motif_video.training.run import run_recipe, stage_final
+from motif_video.training.step import training_step
 from motif_video.training.train_module import TrainModule
-from motif_video.training.trainer import RouteConfig, TrainConfig, training_step
+from motif_video.training.trainer import RouteConfig, StopTraining, TrainConfig
+from training_helpers import kill_after
 
 
 def _inputs(model: MotifVideoTransformer, batch: int = 2, seed: int = 0, image: bool = False) -> dict:
@@ -310,7 +313,10 @@ def test_curriculum_run_killed_anywhere_resumes_bit_identical(tmp_path):
 
     for kill_at in (5, 7):  # stage 2 after its step-2 checkpoint; stage 3 before any checkpoint of its own
         run = tmp_path / f"killed-{kill_at}"
-        assert len(run_recipe(recipe, run, stop_after=kill_at)) == kill_at
+        rows = []
+        with pytest.raises(StopTraining):
+            run_recipe(recipe, run, on_log=rows.append, on_step_end=kill_after(kill_at))
+        assert len(rows) == kill_at
         resumed = run_recipe(recipe, run)
         assert resumed[-1]["step"] == 9
         got = _final_weights(run, recipe)
@@ -357,11 +363,13 @@ def test_curriculum_run_killed_anywhere_resumes_bit_identical(tmp_path):
     assert run_recipe(recipe, tmp_path / "full") == []  # finished: nothing to run, and no "different recipe"
 
 
-def _recipe_worker(rank: int, world_size: int, port: int, run: str, stop_after: int | None) -> None:
+def _recipe_worker(rank: int, world_size: int, port: int, run: str, kill_at: int | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        run_recipe(_short_recipe(first_stage=1), run, device="cpu", stop_after=stop_after)
+        on_step_end = None if kill_at is None else kill_after(kill_at)
+        with contextlib.suppress(StopTraining):
+            run_recipe(_short_recipe(first_stage=1), run, device="cpu", on_step_end=on_step_end)
     finally:
         dist.destroy_process_group()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_close_scaled, make_inputs, random_reference
+from model_helpers import assert_close_scaled, make_inputs, random_reference
 from motif_video import MotifVideoTransformer, get_preset
 
 TINY = get_preset("tiny")

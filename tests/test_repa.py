@@ -5,20 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_inputs, random_ours
+from model_helpers import make_inputs, random_ours
 from motif_video import get_preset, random_route
-from motif_video.core.teachers import IMAGENET_MEAN, IMAGENET_STD, DinoV2Teacher, VJEPA2Teacher, load_teacher
-from motif_video.models.routing import TokenRoute
-from motif_video.training.repa import (
-    REPAConfig,
-    REPAProjector,
+from motif_video.core.teachers import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DinoV2Teacher,
+    VJEPA2Teacher,
     gather_like_route,
     latent_token_grid,
-    repa_loss,
+    load_teacher,
     resample_to_latent_grid,
-    tap_keep,
     teacher_targets,
 )
+from motif_video.models.routing import TokenRoute
+from motif_video.training.repa import REPAConfig, REPAProjector, repa_loss, tap_keep
 
 TEACHER_DIM = 32
 

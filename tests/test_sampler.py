@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from motif_video.core.plan_files import read_plan, read_summary, write_plans
 from motif_video.core.shard_reader import ShardReader, ShardReadError
 from motif_video.core.shards import INDEX_SUFFIX, ShardIndex, complete_shards
 from motif_video.core.synthetic_shards import synthetic_sample, write_shard, write_synthetic_shards
-from motif_video.data.sampler_plan import plan_shards, read_plan, read_summary, report, write_plans
+from motif_video.data.sampler_plan import plan_shards, report
 
 BUCKETS = [(1, 16, 16), (5, 16, 16), (9, 16, 24), (13, 24, 16), (17, 16, 16)]
 BATCH = 4

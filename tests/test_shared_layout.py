@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_scaled, diffusers_kwargs, make_inputs, random_ours
+from model_helpers import assert_close_scaled, diffusers_kwargs, make_inputs, random_ours
 from motif_video import MotifVideoTransformer, get_preset
 from motif_video.models.joint_attention import AttentionContext
 from motif_video.models.layouts import shared_to_diffusers

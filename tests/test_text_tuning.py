@@ -11,6 +11,7 @@ import torch
 from motif_video.pipeline.tiny import save_tiny_release
 from motif_video.training.recipe import Recipe, get_recipe_preset, recipe_from_dict
 from motif_video.training.run import final_checkpoint, run_recipe, stage_final
+from motif_video.training.step import training_step
 from motif_video.training.text_tuning import (
     export_text_encoder,
     grow_text_encoder,
@@ -18,7 +19,8 @@ from motif_video.training.text_tuning import (
     set_text_trainable,
 )
 from motif_video.training.train_module import TrainModule
-from motif_video.training.trainer import TrainConfig, training_step
+from motif_video.training.trainer import StopTraining, TrainConfig
+from training_helpers import kill_after
 
 PROMPTS = ["synthetic clip a", "a red circle moves to the left of a blue square", ""]
 
@@ -93,7 +95,8 @@ def test_run_trains_the_text_half_hands_its_ema_on_resumes_and_exports(release, 
     final_2 = _text_weights(tmp_path / "full", recipe, 1, ema=False)
     assert ema_1 and all(torch.equal(final_2[k], v) for k, v in ema_1.items())
 
-    run_recipe(recipe, tmp_path / "killed", device="cpu", stop_after=5)  # killed in stage 1 after its step-4 save
+    with pytest.raises(StopTraining):  # killed in stage 1 after its step-4 save
+        run_recipe(recipe, tmp_path / "killed", device="cpu", on_step_end=kill_after(5))
     resumed = run_recipe(recipe, tmp_path / "killed", device="cpu")
     assert [(r["step"], r["loss"]) for r in resumed] == [(r["step"], r["loss"]) for r in rows[4:]]
 

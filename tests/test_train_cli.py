@@ -83,8 +83,8 @@ def test_print_config_round_trips(tmp_path, capsys):
 
 
 def test_plan_command_balances_a_skewed_shard_set(tmp_path, capsys):
+    from motif_video.core.plan_files import read_plan
     from motif_video.core.synthetic_shards import write_synthetic_shards
-    from motif_video.data.sampler_plan import read_plan
 
     buckets = [(1, 32, 32), (5, 32, 32), (9, 32, 32)]
     write_synthetic_shards(tmp_path / "data", 16, buckets, samples_per_shard=(4, 30), teacher=False)

@@ -1,13 +1,14 @@
-"""Training-side contracts: TREAD routing, REPA taps, gradient checkpointing, zero-velocity init."""
+"""Training-side contracts: TREAD routing, REPA taps, activation checkpointing, zero-velocity init."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import make_inputs, random_ours
+from model_helpers import make_inputs, random_ours
 from motif_video import MotifVideoTransformer, TokenRoute, get_preset, random_route
 from motif_video.models.routing import gather_tokens, scatter_tokens
+from motif_video.training.parallel import ParallelConfig, Recomputed, apply_activation_checkpointing, parallelize
 
 TINY = get_preset("tiny")
 NUM_TOKENS = 5 * 3 * 5  # grid (5, 6, 10) patchified by (1, 2, 2)
@@ -78,18 +79,26 @@ def test_repa_tap_without_route_is_the_dense_block_output():
     assert len(model(**inputs, repa_block=3, return_dict=False)) == 2
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_activation_checkpointing_from_outside_gives_the_same_gradients_and_keeps_the_names():
+    """`parallelize` checkpoints each block from outside the model: same gradients, bit for bit; same module and
+    parameter names and state-dict keys; applying it twice is a no-op; without grad the blocks run plainly."""
     inputs = make_inputs(TINY, batch=2, image_len=2)
     route = random_route(2, NUM_TOKENS, 0.5, 1, 6, generator=torch.Generator().manual_seed(0))
-    grads = []
-    for checkpointing in (False, True):
-        model = random_ours(TINY)
-        if checkpointing:
-            model.enable_gradient_checkpointing()
-        model(**inputs, route=route).sample.square().mean().backward()
-        grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    plain, checkpointed = random_ours(TINY), random_ours(TINY)
+    parallelize(checkpointed, ParallelConfig(param_dtype="float32", activation_checkpointing=True), "cpu")
+    apply_activation_checkpointing(checkpointed)
+    assert all(isinstance(block, Recomputed) for block in checkpointed.blocks)
+    assert [type(b).__mro__[2] for b in checkpointed.blocks] == [type(b) for b in plain.blocks]
+    assert [n for n, _ in checkpointed.named_modules()] == [n for n, _ in plain.named_modules()]
+    assert [n for n, _ in checkpointed.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())
+    for model in (plain, checkpointed):
+        out = model(**inputs, route=route, repa_block=2)
+        (out.sample.square().mean() + out.repa_features.square().mean()).backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    with torch.no_grad():
+        assert torch.equal(checkpointed(**inputs).sample, plain(**inputs).sample)
 
 
 def test_fresh_model_outputs_zero_velocity():

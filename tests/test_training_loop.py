@@ -11,13 +11,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import free_port
+from model_helpers import free_port
 from motif_video import MotifVideoTransformer
 from motif_video.training import checkpoint as checkpoint_module
 from motif_video.training.checkpoint import COMPLETE, latest_checkpoint
 from motif_video.training.objective import ObjectiveConfig
 from motif_video.training.parallel import ParallelConfig, parallelize
-from motif_video.training.trainer import RouteConfig, TrainConfig, train, training_step
+from motif_video.training.step import training_step
+from motif_video.training.trainer import RouteConfig, StopTraining, TrainConfig, train
+from training_helpers import kill_after
 
 TEXT_DIM = 32
 
@@ -140,7 +142,8 @@ def test_killed_run_resumes_bit_identical(tmp_path, monkeypatch):
 
     # killed after step 3 (last complete checkpoint: step 2), then resumed in a fresh process state
     killed = tmp_path / "killed"
-    train(CONFIG, _model(), SyntheticBatches(), killed, stop_after=3)
+    with pytest.raises(StopTraining):
+        train(CONFIG, _model(), SyntheticBatches(), killed, on_step_end=kill_after(3))
     assert latest_checkpoint(killed / "checkpoints").name == "step-00000002"
     resumed = _model(seed=99)  # different init: everything must come from the checkpoint
     train(CONFIG, resumed, SyntheticBatches(), killed)
@@ -261,7 +264,8 @@ def test_training_from_shards_resumes_exactly(tmp_path):
     logs = train(config, full, reader(), tmp_path / "full")
     assert {row["step"] for row in logs} == {1, 2, 3, 4}
     killed = tmp_path / "killed"
-    train(config, _model(), reader(), killed, stop_after=3)
+    with pytest.raises(StopTraining):
+        train(config, _model(), reader(), killed, on_step_end=kill_after(3))
     resumed = _model(seed=5)
     train(config, resumed, reader(), killed)
     expected = _state(full)

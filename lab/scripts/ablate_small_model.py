@@ -50,10 +50,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from motif_video_lab.evaluation import EvalSettings, run_eval
-from motif_video_lab.small_model.components import finish_release
-from motif_video_lab.small_model.reproduce import SmallModelPlan, small_recipe
-
 from motif_video.training.export import export_transformer
 from motif_video.training.metrics import MetricsWriter
 from motif_video.training.objective import ObjectiveConfig
@@ -61,6 +57,9 @@ from motif_video.training.parallel import ParallelConfig
 from motif_video.training.recipe import ModelSource, Recipe, Source, Stage, recipe_from_dict
 from motif_video.training.run import final_checkpoint, resume_step, run_recipe
 from motif_video.training.text_tuning import export_text_encoder, load_text_encoder
+from motif_video_lab.evaluation import EvalSettings, run_eval
+from motif_video_lab.small_model.components import finish_release
+from motif_video_lab.small_model.reproduce import SmallModelPlan, small_recipe
 
 STAGE_KEYS = ("lr", "batch", "steps", "decay_steps", "decay_to")  # decay: the stage's last steps, lr -> decay_to x lr
 # training.text_tuning: tune the release's text encoder (with --from-release)
@@ -208,8 +207,9 @@ def tail_loss(metrics: Path, steps: int) -> float:
 def pretrained_text_folder(work: Path, folder: Path, steps: int) -> Path:
     """`folder` with tokenizer/ (the release's) and text_encoder/ pretrained on captions for `steps` steps; written
     once (the text encoder folder last), then reused."""
-    from motif_video_lab.small_model.components import build_text_encoder
     from transformers import AutoTokenizer
+
+    from motif_video_lab.small_model.components import build_text_encoder
 
     if not (folder / "text_encoder" / "config.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)

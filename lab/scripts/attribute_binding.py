@@ -65,12 +65,11 @@ def object_boxes(spec, height: int, width: int, grid: tuple[int, int], margin: f
 @torch.no_grad()
 def binding(pipe, specs: list, ts: tuple[float, ...], seed: int = 0) -> dict[str, dict[float, tuple[float, float]]]:
     """{attribute: {t: (mean own change, mean other change)}} over every object of every scene."""
-    from motif_video_lab.procedural.captions import caption
-    from motif_video_lab.procedural.render import render
-
     from motif_video.core.encoders import encode_text
     from motif_video.core.flow import to_model_timestep
     from motif_video.core.latent_space import normalize_latents
+    from motif_video_lab.procedural.captions import caption
+    from motif_video_lab.procedural.render import render
 
     d = pipe.defaults
     device, dtype = pipe.device, pipe.transformer.dtype

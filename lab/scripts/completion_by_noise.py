@@ -25,11 +25,10 @@ T0S = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3)
 
 def complete(pipe, clips, t0: float, seed: int = 0, batch_size: int = 8) -> list:
     """Score each clip's completion from t0 (clip i's noise from seed + i); VideoScores in clip order."""
-    from motif_video_lab.procedural.evaluate import score_video
-    from motif_video_lab.procedural.scene import SceneSpec
-
     from motif_video.core.flow import flow_sigmas
     from motif_video.core.latent_space import initial_noise
+    from motif_video_lab.procedural.evaluate import score_video
+    from motif_video_lab.procedural.scene import SceneSpec
 
     defaults = pipe.defaults
     schedule = flow_sigmas(defaults.num_inference_steps, defaults.shift_t2v)
@@ -74,10 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(not 0 < t <= 1 for t in args.t0):
         parser.error(f"--t0 values must lie in (0, 1], got {args.t0}")
-    from motif_video_lab.procedural.evaluate import ATTRIBUTES, score_prompts
-
     from motif_video import MotifVideoPipeline
     from motif_video.core.shard_reader import first_samples
+    from motif_video_lab.procedural.evaluate import ATTRIBUTES, score_prompts
 
     clips = [c for c in first_samples(args.shards, 50 * args.clips) if "scene" in c.meta.extra.get("manifest", {})]
     if args.objects:

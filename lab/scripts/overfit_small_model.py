@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from motif_video_lab.procedural.evaluate import format_table, score_prompts, score_video
-from motif_video_lab.small_model.components import finish_release
 from PIL import Image
 
 from motif_video import MotifVideoPipeline
@@ -31,6 +29,8 @@ from motif_video.training.parallel import ParallelConfig
 from motif_video.training.recipe import ModelSource, Recipe, Source, Stage
 from motif_video.training.run import final_checkpoint, run_recipe
 from motif_video.training.trainer import RouteConfig
+from motif_video_lab.procedural.evaluate import format_table, score_prompts, score_video
+from motif_video_lab.small_model.components import finish_release
 
 
 def main() -> None:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from motif_video_lab.small_model.text_pretraining import HEADS, probe_accuracy
-
 from motif_video.training.text_tuning import load_text_encoder
+from motif_video_lab.small_model.text_pretraining import HEADS, probe_accuracy
 
 
 def main(argv: list[str] | None = None) -> int:

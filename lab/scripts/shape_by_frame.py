@@ -48,10 +48,9 @@ def frame_shapes(frames: np.ndarray, objects: list[dict[str, Any]]) -> list[list
 
 def summarise(folder: Path) -> dict[str, dict[str, Any]]:
     """{column name: {'per_frame': [(right, seen)] per frame, 'pairs': {'held-out pair'|'other': (right, total)}}}."""
+    from motif_video.core.video_io import read_video
     from motif_video_lab.evaluation import column_name
     from motif_video_lab.procedural.scene import HELDOUT_COLOR_SHAPE
-
-    from motif_video.core.video_io import read_video
 
     results = json.loads((folder / "results.json").read_text())
     out: dict[str, dict[str, Any]] = {}

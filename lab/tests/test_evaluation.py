@@ -14,6 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from motif_video.core.release import small_model_dir
+from motif_video.models.checkpoint_io import CheckpointError
+from motif_video.pipeline.guidance import GuidanceConfig
+from motif_video.pipeline.pipeline import GenerationDefaults
+from motif_video.pipeline.tiny import save_tiny_release
 from motif_video_lab.cli import main
 from motif_video_lab.evaluation import (
     EvalReport,
@@ -25,12 +31,6 @@ from motif_video_lab.evaluation import (
 )
 from motif_video_lab.procedural import eval_prompts, render
 from motif_video_lab.procedural.evaluate import ATTRIBUTES
-
-from motif_video.core.release import small_model_dir
-from motif_video.models.checkpoint_io import CheckpointError
-from motif_video.pipeline.guidance import GuidanceConfig
-from motif_video.pipeline.pipeline import GenerationDefaults
-from motif_video.pipeline.tiny import save_tiny_release
 
 SIZE = dict(height=32, width=32, num_frames=9)  # small videos: the random model's cost is mostly the VAE
 SIZE_ARGS = ["--height", "32", "--width", "32", "--num-frames", "9"]
@@ -139,8 +139,9 @@ def test_t2i_scores_still_images_of_image_captions(tmp_path):
     assert all(v["checks"].get("direction") is None for v in heldout)  # an image states no motion
     png = tmp_path / heldout[0]["path"]
     assert png.suffix == ".png" and not list(png.parent.glob(".*.tmp"))  # written atomically
-    from motif_video_lab.procedural.scene import SceneSpec
     from PIL import Image
+
+    from motif_video_lab.procedural.scene import SceneSpec
 
     rendered = render(SceneSpec.from_dict(heldout[0]["spec"]), 1, 64, 64)[0]
     np.testing.assert_array_equal(np.asarray(Image.open(png).convert("RGB")), rendered)  # the image as generated

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from motif_video_lab.procedural import (
     COLORS,
     DIRECTIONS,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from motif_video.core.teachers import load_teacher
 from motif_video_lab.procedural import BACKGROUNDS, ObjectSpec, SceneSpec, render
 from motif_video_lab.small_model.scene_teacher import (
     HEADS,
@@ -17,8 +19,6 @@ from motif_video_lab.small_model.scene_teacher import (
     save_scene_teacher,
     train_scene_teacher,
 )
-
-from motif_video.core.teachers import load_teacher
 
 
 def _cls(head: str, value: str) -> int:

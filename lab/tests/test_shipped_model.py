@@ -11,14 +11,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from motif_video_lab.evaluation import EvalSettings, heldout_failures, run_eval
-from motif_video_lab.procedural import eval_prompts, render
-from motif_video_lab.procedural.evaluate import score_video
 
 from motif_video.cli import main
 from motif_video.core.release import SMALL_MODEL_CANDIDATES, small_model_dir
 from motif_video.core.video_io import read_video
 from motif_video.models.checkpoint_io import CheckpointError
+from motif_video_lab.evaluation import EvalSettings, heldout_failures, run_eval
+from motif_video_lab.procedural import eval_prompts, render
+from motif_video_lab.procedural.evaluate import score_video
 
 HELDOUT_PROMPTS = 48  # per mode: `motif-video-lab eval`'s own held-out set, the gate (about 40 s per mode on CPU)
 

@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from motif_video.pipeline.guidance import GuidanceConfig
 from motif_video_lab.procedural import eval_prompts
 from motif_video_lab.procedural.captions import CAPTION_VARIANTS
 from motif_video_lab.small_model import (
@@ -26,8 +28,6 @@ from motif_video_lab.small_model import (
     train_vae,
 )
 from motif_video_lab.small_model.vocab import EXTRA_WORDS, template_captions
-
-from motif_video.pipeline.guidance import GuidanceConfig
 
 TOY_VAE = SmallVAEConfig(base_dim=4, dim_mult=(1, 1, 1, 1))  # the real layout at toy width
 PROMPT = "A small {c} circle moves to the left slowly on a black background."

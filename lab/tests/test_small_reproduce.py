@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from motif_video_lab.small_model.reproduce import SmallModelPlan, reproduce, sampling_correlation, small_recipe
 
 from motif_video.pipeline.guidance import GuidanceConfig
+from motif_video_lab.small_model.reproduce import SmallModelPlan, reproduce, sampling_correlation, small_recipe
 
 
 def test_reproduce_end_to_end_and_resume(toy_reproduction, tmp_path):

@@ -276,6 +276,7 @@ class _Renderer:
         import dataclasses
 
         import numpy as np
+
         from motif_video_lab.procedural import render
         from motif_video_lab.procedural.dataset import eval_prompts
         from motif_video_lab.procedural.scene import SHAPES
@@ -314,3 +315,36 @@ def test_shape_by_frame_reads_each_frames_shape(tmp_path, capsys):
     assert "| shape right | 1.00 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         script["main"]([str(tmp_path)])  # no results.json there
+
+
+def test_attention_locality_observes_every_attention_call_from_outside():
+    """The script wraps the model's attention entry point from outside: it sees every call (one joint attention
+    per block, plus cross-attention), changes no result, and leaves the model as it was on exit."""
+    import motif_video.models.attention as entry
+    import motif_video.models.blocks as blocks
+    from motif_video import MotifVideoTransformer
+    from motif_video.models.config import get_preset
+
+    script = runpy.run_path(str(SCRIPT.parent / "attention_locality.py"))
+    model = MotifVideoTransformer(get_preset("tiny"))
+    model.init_weights(torch.Generator().manual_seed(0))
+    for p in model.parameters():  # a fresh model's zeroed gates would make every attention output irrelevant
+        p.data.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    c = model.config
+    x = torch.randn(1, c.in_channels, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(1, 3, c.text_embed_dim, generator=torch.Generator().manual_seed(2))
+    inputs = dict(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text)
+    original = entry.attention
+    with torch.no_grad():
+        plain = model(**inputs).sample
+        seen = []
+        with script["observe_attention"](lambda q, k, mask: seen.append((q.shape[2], k.shape[2]))):
+            observed = model(**inputs).sample
+        model(**inputs)  # outside the block: not recorded
+    assert torch.equal(observed, plain)
+    assert entry.attention is original and blocks.attention is original
+    video = 2 * 2 * 2  # (2, 4, 4) latents, patch (1, 2, 2)
+    joint = [s for s in seen if s[0] == s[1] and s[1] > video]
+    assert len(joint) == c.num_blocks and len(seen) > c.num_blocks  # the tiny preset has cross-attention too
+    same_frame, same_place = script["token_masks"]((2, 2, 2))
+    assert same_frame.sum() == 2 * 4 * 4 and same_place.sum() == 2 * 4 and not (same_frame & same_place).any()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from motif_video_lab.procedural import ObjectSpec, SceneSpec, caption
 from motif_video_lab.small_model.components import build_text_encoder
 from motif_video_lab.small_model.text_encoder import PRETRAINED_TEXT_ENCODER, build_small_text_encoder

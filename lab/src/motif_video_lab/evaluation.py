@@ -92,9 +92,10 @@ class EvalSettings:
         if self.output is not None and Path(self.output).is_file():
             raise ValueError(f"output {self.output} is a file: pass a folder")
         from motif_video.cli.generate import GenerateSettings
+        from motif_video.pipeline.settings import GenerationSettings
 
-        size = dict(height=self.height, width=self.width, num_frames=self.num_frames)
-        GenerateSettings(["eval"], model=self.model, device=self.device, dtype=self.dtype, **size).validate()
+        size = GenerationSettings(height=self.height, width=self.width, num_frames=self.num_frames)
+        GenerateSettings(["eval"], model=self.model, device=self.device, dtype=self.dtype, generation=size).validate()
 
 
 def column_name(split: str, mode: str) -> str:
@@ -233,14 +234,15 @@ def _score(item: EvalPrompt, video: np.ndarray, mode: str, seed: int, out: Path 
         details=score.details,
     )
     if out is not None:
-        from motif_video.core.video_io import atomic_output, export_video, frames_to_uint8
+        from motif_video.atomic import atomic_path
+        from motif_video.core.video_io import export_video, frames_to_uint8
 
         (out / mode).mkdir(parents=True, exist_ok=True)
         if len(video) == 1:  # t2i: a still image
             from PIL import Image
 
             path = out / mode / f"{item.key}.png"
-            with atomic_output(path) as tmp:
+            with atomic_path(path) as tmp:
                 Image.fromarray(frames_to_uint8(video)[0]).save(tmp, format="PNG")
         else:
             path = export_video(video, out / mode / f"{item.key}.mp4", fps=fps)

@@ -1,6 +1,8 @@
 """Generate videos to files: the library function behind `motif-video generate`.
 
-`GenerateSettings` is everything a run needs, resolved (seed, size, sampler, guidance, memory mode, ...). It is
+`GenerateSettings` is one run: the prompts and the generation options (`GenerationSettings`, which the
+pipeline takes as they are), plus what only a run has: where the model comes from, sampler, memory mode, dtype,
+device, fps and the output file. The command line builds its flags from both dataclasses' fields. A run is
 checked in full BEFORE any model is loaded, so bad input costs a second, not a model load; then the pipeline
 runs and each video is written atomically (never half-written) with the settings and versions as JSON beside
 it. Several prompts or videos per prompt write `stem-<k>.<ext>` files.
@@ -10,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from motif_video.core.latent_space import check_noise_correlation, check_video_size
-from motif_video.pipeline.guidance import GUIDANCE_METHODS
+from motif_video.pipeline.settings import GenerationSettings, option
 
 logger = logging.getLogger(__name__)
 
@@ -49,33 +50,32 @@ def local_patch(model: str | None) -> tuple[int, int]:
 
 @dataclass
 class GenerateSettings:
-    """One generation run. `None` means the model's default (size, frames, fps, steps) or the task's (shift)."""
+    """One `motif-video generate` run; `None` means the model's default (official: 24 fps)."""
 
-    prompts: list[str]
-    output: str = "video.mp4"
-    model: str | None = None  # release folder or hub id; None with preset=None -> `default_model()`
-    preset: str | None = None  # "tiny": random tiny components built in memory (no download)
-    image: str | None = None
-    negative_prompt: str | None = None  # None -> the model's default (official: the official negative prompt)
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    steps: int | None = None
-    seed: int = 0
-    num_videos_per_prompt: int = 1
-    guidance_scale: float | None = None
-    guidance: str | None = None  # apg | cfg | none (None: the model's guider config)
-    apg_eta: float | None = None
-    shift: float | None = None
-    noise_correlation: float | None = None  # between latent frames of the starting noise (None: the model's)
-    sampler: str = "euler"
-    fps: int | None = None
-    offload: str = "none"
-    fp8: bool = False
-    vae_tiling: bool = False
-    text_encoder_on_cpu: bool = False
-    dtype: str = "auto"
-    device: str = "auto"
+    prompts: list[str] = field(metadata={"help": "text prompt; repeat for several prompts", "flag": "--prompt"})
+    image: str | None = option(None, "first frame for image-to-video (png/jpg); used for every prompt")
+    model: str | None = option(  # None with preset=None -> `default_model()`
+        None,
+        f"release folder or hub id (default: the shipped small model if any, else {OFFICIAL_MODEL})",
+        group="source",
+    )
+    preset: str | None = option(
+        None, "tiny: random tiny components built in memory (no download)", choices=("tiny",), group="source"
+    )
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    sampler: str = option("euler", "flow sampler (default euler)", choices=SAMPLERS)
+    fps: int | None = option(None, "frames per second of the file (default: the model's, official 24)")
+    offload: str = option(
+        "none",
+        f"memory mode, one of {', '.join(OFFLOAD_MODES)}: none = all on the GPU; model = one component on the GPU "
+        "at a time; block = transformer blocks streamed from CPU (default none)",
+    )
+    fp8: bool = option(False, "FP8 weight-only transformer (needs torchao)")
+    vae_tiling: bool = option(False, "decode the VAE in tiles (lower peak memory)")
+    text_encoder_on_cpu: bool = option(False, "keep the text encoder on the CPU", flag="--text-encoder-cpu")
+    dtype: str = option("auto", "float32, bfloat16 or float16 (default auto: bf16 on GPU, fp32 on CPU)")
+    device: str = option("auto", "cpu, cuda or cuda:N (default auto: cuda if available)")
+    output: str = option("video.mp4", "file (.mp4, .gif, .webm) or folder/ for PNG frames (default video.mp4)")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -85,25 +85,13 @@ class GenerateSettings:
         for prompt in self.prompts:
             if not prompt.strip():
                 raise ValueError("empty prompt: every prompt must contain text")
-        for name in ("height", "width", "num_frames", "steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        patch, patch_t = local_patch(self.model)
-        step = 8 * patch
-        check_video_size(self.height or step, self.width or step, self.num_frames or 1, patch, patch_t)
-        if self.noise_correlation is not None:
-            check_noise_correlation(self.noise_correlation)
+        self.generation.validate(local_patch(self.model))
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"unknown offload mode {self.offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        if self.guidance is not None and self.guidance not in GUIDANCE_METHODS:
-            raise ValueError(f"unknown guidance {self.guidance!r}: choose one of {', '.join(GUIDANCE_METHODS)}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}: choose auto, {', '.join(DTYPES)}")
-        if self.num_videos_per_prompt < 1:
-            raise ValueError("--num-videos-per-prompt must be at least 1")
         if self.model is not None and self.preset is not None:
             raise ValueError("pass either --model or --preset, not both")
         if self.preset is not None and self.preset != "tiny":
@@ -121,6 +109,14 @@ class GenerateSettings:
             raise ValueError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
         if self.offload != "none" and self.resolved_device().type != "cuda":
             raise ValueError(f"--offload {self.offload} moves weights between CPU and GPU: it needs --device cuda")
+
+    def as_record(self) -> dict[str, Any]:
+        """Every field, the generation options among them, as one flat dict (what the run record stores)."""
+        flat: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flat.update(asdict(value) if f.name == "generation" else {f.name: value})
+        return flat
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -202,36 +198,18 @@ def generate(settings: GenerateSettings, pipe: Any | None = None) -> list[Path]:
     started = time.perf_counter()
     pipe = pipe if pipe is not None else build_pipeline(settings)
     loaded = time.perf_counter()
-    generator = torch.Generator("cpu").manual_seed(settings.seed)
-    kwargs: dict[str, Any] = dict(
-        prompt=settings.prompts,
-        image=settings.image,
-        height=settings.height,
-        width=settings.width,
-        num_frames=settings.num_frames,
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        guidance=settings.guidance,
-        apg_eta=settings.apg_eta,
-        shift=settings.shift,
-        noise_correlation=settings.noise_correlation,
-        num_videos_per_prompt=settings.num_videos_per_prompt,
-        generator=generator,
-        output_type="np",
-    )
-    if settings.negative_prompt is not None:
-        kwargs["negative_prompt"] = settings.negative_prompt
-    frames = pipe(**kwargs).frames
+    warn_unknown_words(pipe.tokenizer, settings.prompts)
+    frames = pipe.generate(settings.prompts, settings.generation, image=settings.image, output_type="np").frames
     done = time.perf_counter()
 
     resolved = pipe.last_call  # every sampling argument as the pipeline resolved it
     fps = settings.fps or pipe.defaults.fps
     paths = output_paths(settings.output, len(frames))
-    per_video = settings.num_videos_per_prompt
+    per_video = settings.generation.num_videos_per_prompt
     for k, (path, video) in enumerate(zip(paths, frames)):
         export_video(video, path, fps=fps)
         record = dict(
-            asdict(settings),
+            settings.as_record(),
             video_index=k,
             prompt=settings.prompts[k // per_video],
             model_source=pipe.source,
@@ -242,3 +220,15 @@ def generate(settings: GenerateSettings, pipe: Any | None = None) -> list[Path]:
         write_run_record(record_path_for(path), record)
         logger.info("wrote %s", path)
     return paths
+
+
+def warn_unknown_words(tokenizer: Any, prompts: list[str]) -> None:
+    """One warning per prompt with words the tokenizer cannot represent: the model sees only an unknown token
+    there (a word-level vocabulary, like the shipped small model's, knows only the words it was trained on)."""
+    from motif_video.pipeline.encoding import unknown_words
+
+    for prompt in prompts:
+        words = unknown_words(tokenizer, prompt)
+        if words:
+            listed = ", ".join(dict.fromkeys(words))
+            logger.warning("the model's tokenizer does not know %s, so it reads an unknown token: %r", listed, prompt)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 from motif_video.models.checkpoint_io import CheckpointError
 from motif_video.models.config import PRESETS
@@ -31,7 +34,7 @@ def _forward(args: argparse.Namespace) -> int:
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt or [])
+    prompts = list(args.prompts or [])
     if args.prompt_file:
         try:
             lines = Path(args.prompt_file).read_text(encoding="utf-8").splitlines()
@@ -46,33 +49,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 def _generate(args: argparse.Namespace) -> int:
     from motif_video.cli.generate import GenerateSettings, generate
 
-    settings = GenerateSettings(
-        prompts=_read_prompts(args),
-        output=args.output,
-        model=args.model,
-        preset=args.preset,
-        image=args.image,
-        negative_prompt=args.negative_prompt,
-        height=args.height,
-        width=args.width,
-        num_frames=args.num_frames,
-        steps=args.steps,
-        seed=args.seed,
-        num_videos_per_prompt=args.num_videos_per_prompt,
-        guidance_scale=args.guidance_scale,
-        guidance=args.guidance,
-        apg_eta=args.apg_eta,
-        shift=args.shift,
-        noise_correlation=args.noise_correlation,
-        sampler=args.sampler,
-        fps=args.fps,
-        offload=args.offload,
-        fp8=args.fp8,
-        vae_tiling=args.vae_tiling,
-        text_encoder_on_cpu=args.text_encoder_cpu,
-        dtype=args.dtype,
-        device=args.device,
-    )
+    settings = _settings_from_args(GenerateSettings, args, prompts=_read_prompts(args))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for path in generate(settings):
         print(path)
@@ -80,7 +57,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from motif_video.cli.generate import OFFICIAL_MODEL, OFFLOAD_MODES, SAMPLERS
+    from motif_video.cli.generate import OFFICIAL_MODEL, GenerateSettings
 
     gen = sub.add_parser(
         "generate",
@@ -90,55 +67,64 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "of the resolved settings beside it. Without --model it uses the small model shipped in the package "
         f"(offline, 64x64) when the package has one, else {OFFICIAL_MODEL}.",
     )
-    gen.add_argument("--prompt", action="append", help="text prompt; repeat for several prompts")
     gen.add_argument("--prompt-file", help="file with one prompt per line (blank lines and # comments skipped)")
-    gen.add_argument("--image", help="first frame for image-to-video (png/jpg); used for every prompt")
-    gen.add_argument(
-        "--negative-prompt", help="what to steer away from (default: the model's; official: the Motif-Video one)"
-    )
-    src = gen.add_mutually_exclusive_group()
-    src.add_argument(
-        "--model", help=f"release folder or hub id (default: the shipped small model if any, else {OFFICIAL_MODEL})"
-    )
-    src.add_argument("--preset", choices=["tiny"], help="tiny: random tiny components built in memory (no download)")
-    gen.add_argument("--height", type=int, help="pixels, multiple of 16 (default: the model's, official 736)")
-    gen.add_argument("--width", type=int, help="pixels, multiple of 16 (default: the model's, official 1280)")
-    gen.add_argument("--num-frames", type=int, help="frames, of the form 4k+1 (default: the model's, official 121)")
-    gen.add_argument("--steps", type=int, help="denoising steps (default: the model's, official 50)")
-    gen.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same video (default 0)")
-    gen.add_argument("--num-videos-per-prompt", type=int, default=1, help="videos per prompt (default 1)")
-    gen.add_argument("--guidance-scale", type=float, help="guidance strength (default: the model's guider, official 8)")
-    gen.add_argument("--guidance", choices=["apg", "cfg", "none"], help="guidance method (default: the model's, apg)")
-    gen.add_argument("--apg-eta", type=float, help="APG parallel-component weight (default: the model's guider, 1)")
-    gen.add_argument(
-        "--shift",
-        type=float,
-        help="static sigma shift (default: the model's; official 15, or 8 with --image)",
-    )
-    gen.add_argument(
-        "--noise-correlation",
-        type=float,
-        help="correlation in [0, 1] between latent frames of the starting noise (default: the model's; official 0)",
-    )
-    gen.add_argument("--sampler", choices=SAMPLERS, default="euler", help="flow sampler (default euler)")
-    gen.add_argument("--fps", type=int, help="frames per second of the file (default: the model's, official 24)")
-    gen.add_argument(
-        "--offload",
-        default="none",
-        help=f"memory mode, one of {', '.join(OFFLOAD_MODES)}: none = all on the GPU; model = one component on the "
-        "GPU at a time; block = transformer blocks streamed from CPU (default none)",
-    )
-    gen.add_argument("--fp8", action="store_true", help="FP8 weight-only transformer (needs torchao)")
-    gen.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (lower peak memory)")
-    gen.add_argument("--text-encoder-cpu", action="store_true", help="keep the text encoder on the CPU")
-    gen.add_argument(
-        "--dtype", default="auto", help="float32, bfloat16 or float16 (default auto: bf16 on GPU, fp32 on CPU)"
-    )
-    gen.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto: cuda if available)")
-    gen.add_argument(
-        "--output", default="video.mp4", help="file (.mp4, .gif, .webm) or folder/ for PNG frames (default video.mp4)"
-    )
+    _add_settings_flags(gen, GenerateSettings, {})
     gen.set_defaults(func=_generate)
+
+
+# A settings dataclass field becomes a flag when its metadata has "help" (`pipeline.settings.option`): named
+# --field-name (or metadata "flag"), typed and defaulted by the field; bools are switches, lists repeat, metadata
+# "choices" and "group" (mutually exclusive) pass to argparse; a nested settings dataclass adds its own flags.
+def _add_settings_flags(parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any]) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            _add_settings_flags(parser, hints[f.name], groups)
+            continue
+        if "help" not in f.metadata:
+            continue
+        meta = f.metadata
+        kind = _flag_type(hints[f.name])
+        kwargs: dict[str, Any] = dict(dest=f.name, help=meta["help"])
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        elif kind is list:
+            kwargs["action"] = "append"
+        else:
+            kwargs.update(type=kind, default=f.default)
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        if kind is not bool and "choices" not in meta:
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+        if "choices" in meta:
+            kwargs["choices"] = list(meta["choices"])
+        target = parser
+        if "group" in meta:
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_mutually_exclusive_group()
+            target = groups[meta["group"]]
+        target.add_argument(flag, **kwargs)
+
+
+def _flag_type(hint: Any) -> type:
+    """`int | None` -> int, `list[str]` -> list, `bool` -> bool."""
+    if typing.get_origin(hint) is list:
+        return list
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _settings_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
+    """The dataclass `cls` from the flags `_add_settings_flags` made; `given` fields are taken as they are."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in given:
+            values[f.name] = given[f.name]
+        elif dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = _settings_from_args(hints[f.name], args)
+        elif "help" in f.metadata:
+            values[f.name] = getattr(args, f.name)
+    return cls(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     fwd.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="(default float32)")
     fwd.set_defaults(func=_forward)
     _add_generate(sub)
-    from motif_video.data.prepare import add_prepare_parser
+    from motif_video.cli.prepare import add_prepare_parser
 
     add_prepare_parser(sub)
     from motif_video.cli.plan import add_plan_parser
 
     add_plan_parser(sub)
-    from motif_video.training.export import add_export_parser
+    from motif_video.cli.export import add_export_parser
 
     add_export_parser(sub)
     from motif_video.cli.train import add_train_parser

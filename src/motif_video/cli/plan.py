@@ -53,8 +53,9 @@ def parse_batch_sizes(text: str) -> int | dict:
 
 
 def run_plan_command(args: argparse.Namespace) -> int:
+    from motif_video.core.plan_files import write_plans
     from motif_video.core.shards import complete_shards
-    from motif_video.data.sampler_plan import plan_shards, report, write_plans
+    from motif_video.data.sampler_plan import plan_shards, report
 
     if args.world_size < 1:
         raise ValueError(f"--world-size must be >= 1, got {args.world_size}")

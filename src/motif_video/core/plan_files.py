@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from motif_video.core import atomic
+from motif_video import atomic
 from motif_video.core.shards import Bucket, bucket_name, parse_bucket
 
 PLAN_RANK_PATTERN = "plan-rank-{rank:05d}.json"

@@ -11,7 +11,7 @@ Design:
   dtype summary), dataclasses -> dicts, NaN/inf -> strings, anything else -> `str`). `environment` records the
   versions that produced the video (motif_video, torch, diffusers, transformers, PyAV, Python, platform, CUDA device)
   so a result can be reproduced or a regression bisected.
-* The file is written atomically (temp file + `os.replace`, via `video_io.atomic_output`).
+* The file is written atomically (`motif_video.atomic`): a reader never sees half a record.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from motif_video.core.video_io import atomic_output
+from motif_video import atomic
 from motif_video.version import __version__
 
 RECORD_VERSION = 1
@@ -59,9 +59,9 @@ def write_run_record(path: str | os.PathLike, settings: dict[str, Any]) -> Path:
         "environment": environment_info(),
     }
     text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    with atomic_output(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return target
+    if not target.parent.is_dir():
+        raise ValueError(f"output directory {target.parent} does not exist: create it or choose another --output")
+    return atomic.write_text(target, text)
 
 
 def environment_info() -> dict[str, Any]:

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from motif_video import atomic
+
 SHARD_PATTERN = "shard-{index:06d}.tar"
 INDEX_SUFFIX = ".index.json"
 NULL_TEXT_FILE = "null_text.safetensors"  # the empty prompt's encoding, key `text` (L, D); prompt dropout
@@ -95,9 +97,7 @@ class ShardIndex:
             "shard": self.shard,
             "entries": [dict(key=e.key, bucket=list(e.bucket), offset=e.offset) for e in self.entries],
         }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload))
-        tmp.replace(path)
+        atomic.write_text(path, json.dumps(payload))
 
     @classmethod
     def read(cls, path: Path) -> ShardIndex:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_tensors
 
+from motif_video.atomic import atomic_path
 from motif_video.core.shards import INDEX_SUFFIX, SHARD_PATTERN, Bucket, IndexEntry, SampleMeta, ShardIndex
 
 TEXT_DIM = 8  # tiny stand-in for the text encoder width
@@ -55,15 +56,13 @@ def write_shard(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tar_path = directory / SHARD_PATTERN.format(index=index)
-    tmp = tar_path.with_name(tar_path.name + ".tmp")
     entries = []
-    with tarfile.open(tmp, "w") as tar:
+    with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w") as tar:
         for meta, tensors in samples:
             entries.append(IndexEntry(meta.key, tuple(meta.bucket), offset=tar.offset))
             _add_member(tar, meta.key + ".json", meta.to_json().encode())
             payload = tensors if isinstance(tensors, bytes) else save_tensors(tensors)
             _add_member(tar, meta.key + ".safetensors", payload)
-    tmp.replace(tar_path)
     index_path = tar_path.with_name(tar_path.name[: -len(".tar")] + INDEX_SUFFIX)
     ShardIndex(shard=tar_path.name, entries=entries).write(index_path)
     return index_path

@@ -2,7 +2,8 @@
 
 Motif-Video 2B (arXiv 2604.16503) aligns to DINOv2 in stage 1 (images) and to a frozen V-JEPA encoder in stages
 2-3; REPA (Yu et al., arXiv 2410.06940) is the recipe. A teacher maps a clip to its patch tokens and the shape of
-their grid; `repa.resample_to_latent_grid` then carries them to the diffusion model's latent token grid.
+their grid; `resample_to_latent_grid` then carries them to the diffusion model's latent token grid, where
+`teacher_targets` (used by `data.prepare` for stored targets and by `training.repa_online`) hands them to REPA.
 
     encode(video: (B, 3, F, H, W) in [-1, 1]) -> features (B, T_t * H_t * W_t, D_t) flattened t-h-w, (T_t, H_t, W_t)
 
@@ -25,6 +26,17 @@ antialiased bicubic interpolation. Neither crops: the features must cover the wh
   are exactly the VAE group of latent frame k.
 - `frame_stride` s (both): encode frames 0, s, 2s, ... only, to save teacher compute. s = 4 gives DINOv2 one
   frame per latent frame (T_t = F'); s = 2 gives V-JEPA 2 (tubelet 2) one tubelet per latent frame.
+
+Targets on the latent token grid (F' = (F-1)/4 + 1, H/16, W/16), flattened t-h-w like the transformer's tokens,
+then gathered with the TREAD route's keep indices when REPA's tap lies inside the routed span
+(`gather_like_route`). Resampling (OUR CHOICE, separable per axis): where an axis shrinks, each output cell is the
+mean of the input cells it covers (adaptive average pooling: exact box averages for integer ratios, e.g. the 4
+frames of a VAE group or 2 x 2 patches); where it grows, linear interpolation between cell centres
+(align_corners=False; a linear field is reproduced exactly in the interior, edge cells are held constant). Time is
+CAUSAL by default, like the video VAE: teacher step 0 maps to latent frame 0 alone and the remaining steps are
+resampled onto the remaining latent frames, so F = 4K + 1 frames encoded per frame by DINOv2 give latent frame k =
+mean of frames 4k-3..4k exactly, and V-JEPA 2 tubelets give the mean of the two tubelets of that group. Images:
+T_t = F' = 1, only space is resampled.
 """
 
 from __future__ import annotations
@@ -34,6 +46,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from motif_video.core.latent_space import PATCH, VAE_SPATIAL, VAE_TEMPORAL
+from motif_video.models.routing import gather_tokens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -47,6 +62,8 @@ DEFAULT_TEACHER_IDS: dict[str, str] = {
     "vjepa2": "facebook/vjepa2-vitl-fpc64-256",
 }
 _MODEL_TYPES = {"dinov2": ("dinov2", "dinov2_with_registers"), "vjepa2": ("vjepa2",)}
+VAE_TEMPORAL_STRIDE = VAE_TEMPORAL  # Wan VAE: 4x in time (causal: frame 0 alone)
+TOKEN_SPATIAL_STRIDE = VAE_SPATIAL * PATCH  # VAE 8x in space x patch 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -201,13 +218,99 @@ def load_teacher(
     return teacher.to(device)
 
 
+def teacher_options(kind: TeacherKind, frame_stride: int = 1, input_size: int = 224) -> dict[str, int]:
+    """Keyword arguments for `load_teacher`: the frame stride, and DINOv2's short side (V-JEPA 2 has its own)."""
+    options = {"frame_stride": frame_stride}
+    if kind == "dinov2":
+        options["input_size"] = input_size
+    return options
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+
+
+def latent_token_grid(num_frames: int, height: int, width: int) -> Grid:
+    """The transformer's token grid (F', H/16, W/16) for a clip of F = 4K + 1 frames (or one image)."""
+    if (num_frames - 1) % VAE_TEMPORAL_STRIDE or height % TOKEN_SPATIAL_STRIDE or width % TOKEN_SPATIAL_STRIDE:
+        raise ValueError(
+            f"clip ({num_frames}, {height}, {width}) needs F = 4K + 1 frames and H, W multiples of "
+            f"{TOKEN_SPATIAL_STRIDE}"
+        )
+    return (
+        (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1,
+        height // TOKEN_SPATIAL_STRIDE,
+        width // TOKEN_SPATIAL_STRIDE,
+    )
+
+
+def _resize_axis(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Resize axis `dim` of x to `size` cells: box means where it shrinks, linear (cell centres) where it grows."""
+    length = x.shape[dim]
+    if length == size:
+        return x
+    moved = x.movedim(dim, -1)
+    flat = moved.reshape(-1, 1, length)  # (M, 1, L)
+    if size < length:
+        flat = F.adaptive_avg_pool1d(flat, size)
+    else:
+        flat = F.interpolate(flat, size=size, mode="linear", align_corners=False)
+    return flat.reshape(*moved.shape[:-1], size).movedim(-1, dim)
+
+
+def resample_to_latent_grid(
+    features: torch.Tensor, grid: Grid, latent_grid: Grid, *, causal_time: bool = True
+) -> torch.Tensor:
+    """features: (B, T_t*H_t*W_t, D) on grid (T_t, H_t, W_t) -> (B, F'*h*w, D) on latent_grid, both t-h-w.
+
+    causal_time: step 0 <-> latent frame 0, the rest onto the rest (module docstring); False: uniform cells.
+    """
+    b, n, d = features.shape
+    if n != grid[0] * grid[1] * grid[2]:
+        raise ValueError(f"teacher features have {n} tokens but grid {grid} has {grid[0] * grid[1] * grid[2]}")
+    if tuple(grid) == tuple(latent_grid):
+        return features
+    x = features.float().reshape(b, *grid, d)  # (B, T, H, W, D)
+    frames = latent_grid[0]
+    if causal_time and frames > 1 and x.shape[1] > 1:
+        rest = _resize_axis(x[:, 1:], frames - 1, dim=1)
+        x = torch.cat((x[:, :1], rest), dim=1)
+    elif causal_time and frames == 1:
+        x = x[:, :1]  # latent frame 0 is the first frame alone
+    else:
+        x = _resize_axis(x, frames, dim=1)
+    x = _resize_axis(_resize_axis(x, latent_grid[1], dim=2), latent_grid[2], dim=3)
+    return x.reshape(b, -1, d).to(features.dtype)
+
+
+def gather_like_route(features: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """features: (B, N, D); keep: (B, K) or None -> (B, K, D) (or features unchanged)."""
+    if keep is None:
+        return features
+    return gather_tokens(features, keep.to(features.device))
+
+
+def teacher_targets(
+    teacher: Teacher, video: torch.Tensor, latent_grid: Grid, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """video: (B, 3, F, H, W) in [-1, 1] -> REPA targets (B, N or K, D_t) on the latent grid, routed like the tap."""
+    features, grid = teacher.encode(video)
+    return gather_like_route(resample_to_latent_grid(features, grid, latent_grid), keep)
+
+
 __all__ = [
     "DEFAULT_TEACHER_IDS",
     "DinoV2Teacher",
     "Grid",
     "Teacher",
+    "TOKEN_SPATIAL_STRIDE",
     "TeacherKind",
+    "VAE_TEMPORAL_STRIDE",
     "VJEPA2Teacher",
+    "gather_like_route",
+    "latent_token_grid",
     "load_teacher",
     "prepare_frames",
+    "resample_to_latent_grid",
+    "teacher_options",
+    "teacher_targets",
 ]

@@ -1,4 +1,4 @@
-"""Video and image file I/O: write generated frames to mp4/webm/gif/png, read them back, load conditioning images.
+"""Video file writing: generated frames to mp4/webm/gif/png (`export_video`); reading lives in `video_read`.
 
 Design:
 
@@ -6,10 +6,9 @@ Design:
   (VP9 via PyAV), `.gif` (Pillow), or a path with no suffix / ending in `/` for a directory of `frame_00000.png`
   files. Every input layout (float or uint8 numpy, torch tensor, list of PIL images) is normalised once, by
   `frames_to_uint8`, into `frames: (F, H, W, 3) uint8`; the per-format writers only ever see that.
-* Writes are atomic. A writer fills a hidden temporary file (or directory) beside the target, and only a finished
-  result is moved onto `path` with `os.replace`; on any error, Ctrl-C included, the temporary is removed. A crash
-  therefore never leaves a half-written video at `path`. `atomic_output` is that mechanism and is reused by
-  `run_record`.
+* Writes are atomic (`motif_video.atomic.atomic_path`): a writer fills a hidden temporary file (or directory) beside the
+  target, and only a finished result is moved onto `path`; on any error, Ctrl-C included, the temporary is
+  removed. A crash therefore never leaves a half-written video at `path`.
 * Exact frame rate. fps is held as a `Fraction` (`24`, `24000/1001`, a float such as `23.976` snapped to the nearest
   fraction with denominator <= 1001), the codec time base is `1/fps` and frame `i` has pts `i`, so a reader gets back
   exactly that fps and frame count.
@@ -21,37 +20,34 @@ Design:
 * gif: delays are stored in centiseconds, so the frame time is `10 * round(100 / fps)` ms (at least 20 ms, since
   browsers slow anything shorter to 100 ms): fps is exact only for 100/k (10, 20, 25, 50, ...). Pillow merges
   identical consecutive frames into one longer frame; `read_video` expands them again.
-* png directory: the exact fps is kept in a `motif_video:fps` text chunk of every frame (fps is NaN when reading
-  frames written by another tool). Replacing an existing directory is allowed only if it holds nothing but
-  `frame_*.png` files, so a mistaken `--output ~/` can never delete anything else.
+* png directory: the exact fps is kept in a `motif_video:fps` text chunk of every frame. Replacing an existing
+  directory is allowed only if it holds nothing but `frame_*.png` files, so a mistaken `--output ~/` can never
+  delete anything else.
+
+`read_video`, `video_info` and `load_image` are re-exported from `video_read`, so this module stays the one import
+for video files.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-import secrets
-import shutil
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
 import torch
-from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
+from PIL import Image, PngImagePlugin
+
+from motif_video.atomic import atomic_path
+from motif_video.core.video_read import FPS_KEY, FRAME_RE, load_image, read_video, to_rgb, video_info
 
 FrameInput = np.ndarray | torch.Tensor | Sequence[Image.Image] | Sequence[np.ndarray]
 
 PNG_DIR = "<directory of frame_00000.png files>"
 DEFAULT_QUALITY = 6.5  # crf 17 for mp4: visually lossless
-_FPS_KEY = "motif_video:fps"
-_FRAME_RE = re.compile(r"^frame_(\d+)\.png$")
-# AVColorSpace tag of a decoded frame -> swscale matrix (BT.470BG and SMPTE 170M are both BT.601)
-_SWS_COLORSPACE = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
 
 
 # ---------------------------------------------------------------------------------------------------- public API
@@ -75,70 +71,12 @@ def export_video(
         raise ValueError(f"quality must be in [0, 10] (higher is better), got {quality}")
     video = frames_to_uint8(frames)  # (F, H, W, 3) uint8
     writer = _WRITERS[kind]
+    _check_parent(target)
     if kind == PNG_DIR:
         _check_replaceable_frame_dir(target)
-    with atomic_output(target, directory=kind == PNG_DIR) as tmp:
+    with atomic_path(target, directory=kind == PNG_DIR) as tmp:
         writer(video, tmp, rate, quality)
     return target
-
-
-def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Decode a video written by `export_video` (or any mp4/webm/gif/png directory).
-
-    Returns `frames: (F, H, W, 3) uint8` and fps (NaN for a png directory without our fps chunk).
-    """
-    source = Path(path)
-    if not source.exists():
-        raise ValueError(f"cannot read video {source}: no such file or directory")
-    if not source.is_dir() and source.suffix.lower() != ".gif":
-        return _read_av(source)
-    try:
-        return _read_png_dir(source) if source.is_dir() else _read_gif(source)
-    except (OSError, SyntaxError) as e:  # Pillow: missing, truncated or corrupt image data
-        raise ValueError(f"cannot read video {source}: {e}") from None
-
-
-def video_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Frame count, size, fps and codec of a video, without decoding pixels (gif frames are decoded)."""
-    source = Path(path)
-    if not source.exists():
-        raise ValueError(f"cannot read video {source}: no such file or directory")
-    if source.is_dir():
-        files = _frame_files(source)
-        with Image.open(files[0]) as first:
-            width, height = first.size
-        return _info(len(files), height, width, _png_fps(files[0]), "png")
-    if source.suffix.lower() == ".gif":
-        with Image.open(source) as im:
-            repeats, frame_ms = _gif_timing(im)
-            return _info(sum(repeats), im.height, im.width, 1000 / frame_ms, "gif")
-    with av.open(str(source)) as container:
-        stream = container.streams.video[0]
-        count = stream.frames or sum(1 for p in container.demux(stream) if p.size)
-        return _info(count, stream.height, stream.width, _stream_fps(stream), stream.codec_context.name)
-
-
-def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path or a PIL image.
-
-    EXIF orientation is applied (phone photos come out upright); transparent pixels are composited onto white.
-    A missing or unreadable file raises ValueError("cannot read image FILE: reason").
-    """
-    if isinstance(image, Image.Image):
-        return _to_rgb(image)
-    source = Path(image)
-    if not source.exists():
-        raise ValueError(f"cannot read image {source}: no such file")
-    if source.is_dir():
-        raise ValueError(f"cannot read image {source}: it is a directory")
-    try:
-        with Image.open(source) as im:
-            im.load()
-            return _to_rgb(ImageOps.exif_transpose(im))
-    except Image.UnidentifiedImageError:
-        raise ValueError(f"cannot read image {source}: not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt files, permission errors
-        raise ValueError(f"cannot read image {source}: {e}") from None
 
 
 def frames_to_uint8(frames: FrameInput) -> np.ndarray:
@@ -153,7 +91,7 @@ def frames_to_uint8(frames: FrameInput) -> np.ndarray:
             sizes = {f.size for f in frames}
             if len(sizes) > 1:
                 raise ValueError(f"all frames must have the same size, got {sorted(sizes)}")
-            frames = np.stack([np.asarray(_to_rgb(f)) for f in frames])
+            frames = np.stack([np.asarray(to_rgb(f)) for f in frames])
         else:
             frames = np.stack([np.asarray(f) for f in frames])
     array = np.asarray(frames)
@@ -186,30 +124,6 @@ def fps_fraction(fps: float | Fraction) -> Fraction:
     if rate <= 0:
         raise ValueError(f"fps {fps!r} is too small")
     return rate
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it onto `path` when the block succeeds, delete it otherwise.
-
-    The parent directory must exist. With `directory=True` the temporary is an (empty) directory and an existing
-    target directory is replaced (moved aside, then deleted once the new one is in place).
-    """
-    target = Path(path)
-    _check_parent(target)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    if directory:
-        tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp (0700)
-    try:
-        yield tmp
-        if directory:
-            _replace_dir(tmp, target)
-        else:
-            _fsync(tmp)
-            os.replace(tmp, target)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------- writers
@@ -265,7 +179,7 @@ def _write_gif(video: np.ndarray, tmp: Path, rate: Fraction, quality: float) -> 
 
 def _write_png_dir(video: np.ndarray, tmp: Path, rate: Fraction, quality: float) -> None:
     info = PngImagePlugin.PngInfo()
-    info.add_text(_FPS_KEY, str(rate))
+    info.add_text(FPS_KEY, str(rate))
     for index, frame in enumerate(video):
         _save_png(frame, tmp / f"frame_{index:05d}.png", info)
 
@@ -281,82 +195,6 @@ _WRITERS: dict[str, Callable[[np.ndarray, Path, Fraction, float], None]] = {
     ".gif": _write_gif,
     PNG_DIR: _write_png_dir,
 }
-
-
-# ---------------------------------------------------------------------------------------------------- readers
-
-
-def _read_av(source: Path) -> tuple[np.ndarray, float]:
-    try:
-        with av.open(str(source)) as container:
-            stream = container.streams.video[0]
-            frames = [_decode_frame(frame) for frame in container.decode(stream)]
-            fps = _stream_fps(stream)
-    except (av.error.FFmpegError, IndexError) as e:
-        raise ValueError(f"cannot read video {source}: {e}") from None
-    if not frames:
-        raise ValueError(f"cannot read video {source}: it has no frames")
-    return np.stack(frames), fps
-
-
-def _decode_frame(frame: av.VideoFrame) -> np.ndarray:
-    """Decoded frame -> (H, W, 3) uint8 RGB, using the matrix and range the stream is tagged with.
-
-    Explicit because older PyAV (14 and before) converts with BT.601 whatever the tags say (kept for untagged video).
-    Matrix and range are passed by name: the enum classes behind them changed across PyAV versions, the names did not.
-    """
-    space = _SWS_COLORSPACE.get(frame.colorspace, "ITU601")
-    color_range = "JPEG" if frame.color_range == 2 else "MPEG"  # AVCOL_RANGE_JPEG; unspecified means limited
-    rgb = frame.reformat(format="rgb24", src_colorspace=space, src_color_range=color_range)
-    return rgb.to_ndarray()
-
-
-def _read_gif(source: Path) -> tuple[np.ndarray, float]:
-    with Image.open(source) as im:
-        repeats, frame_ms = _gif_timing(im)
-        im.seek(0)
-        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(im)]
-    video = np.stack([f for f, n in zip(frames, repeats) for _ in range(n)])
-    return video, 1000 / frame_ms
-
-
-def _gif_timing(im: Image.Image) -> tuple[list[int], int]:
-    """How many video frames each stored gif frame stands for (Pillow merges repeats), and the frame time in ms."""
-    durations = []
-    for frame in ImageSequence.Iterator(im):
-        durations.append(int(frame.info.get("duration") or 100))  # 100 ms: the de-facto browser default
-    frame_ms = min(durations)
-    return [max(1, round(d / frame_ms)) for d in durations], frame_ms
-
-
-def _read_png_dir(source: Path) -> tuple[np.ndarray, float]:
-    files = _frame_files(source)
-    frames = [np.asarray(load_image(file)) for file in files]
-    if len({f.shape for f in frames}) > 1:
-        raise ValueError(f"cannot read video {source}: its frames have different sizes")
-    return np.stack(frames), _png_fps(files[0])
-
-
-def _frame_files(source: Path) -> list[Path]:
-    numbered = [(int(m.group(1)), p) for p in source.iterdir() if (m := _FRAME_RE.match(p.name))]
-    if not numbered:
-        raise ValueError(f"cannot read video {source}: no frame_*.png files in the directory")
-    return [p for _, p in sorted(numbered)]
-
-
-def _png_fps(file: Path) -> float:
-    with Image.open(file) as im:
-        text = getattr(im, "text", {}).get(_FPS_KEY)
-    return float(Fraction(text)) if text else math.nan
-
-
-def _stream_fps(stream: Any) -> float:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return float(rate) if rate else math.nan
-
-
-def _info(frames: int, height: int, width: int, fps: float, codec: str) -> dict[str, Any]:
-    return {"frames": frames, "height": height, "width": width, "fps": fps, "codec": codec}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -393,7 +231,7 @@ def _check_replaceable_frame_dir(target: Path) -> None:
         return
     if not target.is_dir():
         raise ValueError(f"output {target} is an existing file: a frame directory cannot replace it")
-    foreign = [p.name for p in target.iterdir() if not _FRAME_RE.match(p.name)]
+    foreign = [p.name for p in target.iterdir() if not FRAME_RE.match(p.name)]
     if foreign:
         raise ValueError(
             f"output directory {target} holds files other than frame_*.png ({', '.join(sorted(foreign)[:3])}, ...): "
@@ -401,37 +239,14 @@ def _check_replaceable_frame_dir(target: Path) -> None:
         )
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    aside = target.parent / f".{target.name}.{secrets.token_hex(4)}.old"
-    os.replace(target, aside)
-    os.replace(tmp, target)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _fsync(file: Path) -> None:
-    """Flush the file to disk before it is renamed, so a power cut cannot leave an empty file at the target."""
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+__all__ = [
+    "DEFAULT_QUALITY",
+    "PNG_DIR",
+    "export_video",
+    "fps_fraction",
+    "frames_to_uint8",
+    "load_image",
+    "pad_to_even",
+    "read_video",
+    "video_info",
+]

@@ -18,17 +18,15 @@ Inputs (manifest, caption variants, bucket assignment, resize/crop) live in data
   Errors while ENCODING are not caught: they mean a broken model or setup (e.g. out of memory), not a bad file.
   Samples skipped in a complete shard are not retried on resume (delete that shard's index to retry); their
   reasons are carried over from the previous reports.
-- Environment. The library takes rank/world as arguments; only the command (`run_prepare_command`) reads
+- Environment. The library takes rank/world as arguments; only the command (`cli.prepare`) reads
   torchrun's RANK, WORLD_SIZE and LOCAL_RANK.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
-import os
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from motif_video import atomic
 from motif_video.core.shards import (
     INDEX_SUFFIX,
     NULL_TEXT_FILE,
@@ -78,28 +77,25 @@ class SampleEncoder:
         image_tokens: bool,
         teacher: tuple[str, str | None] | None = None,
     ) -> None:
-        from motif_video.pipeline import MotifVideoPipeline
+        from motif_video.core.release import load_components
 
-        skip = {"transformer": None, "scheduler": None}  # the 2B transformer is not needed to encode data
-        pipe = MotifVideoPipeline.from_pretrained(str(model_folder), components=skip)
-        if pipe.vae is None or pipe.text_encoder is None or pipe.tokenizer is None:
+        # the frozen encoders only: the 2B transformer, the scheduler and the guider are not needed to encode data
+        parts = load_components(str(model_folder), ("vae", "text_encoder", "tokenizer", "feature_extractor"))
+        if parts["vae"] is None or parts["text_encoder"] is None or parts["tokenizer"] is None:
             raise ValueError(f"model {model_folder} needs vae/, text_encoder/ and tokenizer/ to prepare data")
-        self.vision_tower = getattr(pipe.text_encoder, "vision_tower", None) if image_tokens else None
-        if image_tokens and (self.vision_tower is None or pipe.feature_extractor is None):
+        self.vision_tower = getattr(parts["text_encoder"], "vision_tower", None) if image_tokens else None
+        if image_tokens and (self.vision_tower is None or parts["feature_extractor"] is None):
             raise ValueError(f"--image-tokens: model {model_folder} has no SigLIP vision tower / feature_extractor")
-        self.vae = pipe.vae.to(device).eval()
-        self.text_encoder = pipe.text_encoder.to(device).eval()
-        self.tokenizer, self.feature_extractor = pipe.tokenizer, pipe.feature_extractor
+        self.vae = parts["vae"].to(device).eval()
+        self.text_encoder = parts["text_encoder"].to(device).eval()
+        self.tokenizer, self.feature_extractor = parts["tokenizer"], parts["feature_extractor"]
         self.device, self.dtype, self.image_tokens = device, dtype, image_tokens
         self.teacher = None
-        if teacher is not None:  # REPA targets on the latent token grid (training.repa, feature_source="shards")
-            from motif_video.core.teachers import load_teacher
-            from motif_video.training.repa import REPAConfig
+        if teacher is not None:  # REPA targets on the latent token grid (read with feature_source="shards")
+            from motif_video.core.teachers import load_teacher, teacher_options
 
-            repa = REPAConfig(enabled=True, teacher=teacher[0], teacher_path=teacher[1])
-            self.teacher = load_teacher(
-                repa.teacher, repa.teacher_source, torch.float32, device, **repa.teacher_options()
-            )
+            kind, path = teacher
+            self.teacher = load_teacher(kind, path, torch.float32, device, **teacher_options(kind))
 
     @torch.no_grad()
     def null_text(self, max_sequence_length: int) -> torch.Tensor:
@@ -131,7 +127,7 @@ class SampleEncoder:
         if self.image_tokens:
             out["image_tokens"] = siglip_tokens(self.vision_tower, self.feature_extractor, first, self.device)[0]
         if self.teacher is not None:
-            from motif_video.training.repa import latent_token_grid, teacher_targets
+            from motif_video.core.teachers import latent_token_grid, teacher_targets
 
             grid = latent_token_grid(*video.shape[2:])
             out["teacher"] = teacher_targets(self.teacher, video.float(), grid)[0]  # (N, D_t)
@@ -178,10 +174,7 @@ class PrepareReport:
 
     def write(self, out_dir: Path) -> Path:
         path = out_dir / REPORT_PATTERN.format(rank=self.rank)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic.write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
     def summary(self) -> str:
         lines = [
@@ -266,9 +259,8 @@ def prepare(
     if todo or (rank == 0 and not null_path.is_file()):
         encoder = SampleEncoder(model_folder, _device(device), store_dtype, image_tokens, teacher)
         if rank == 0 and not null_path.is_file():
-            tmp = null_path.with_name(null_path.name + ".tmp")
-            save_file({"text": encoder.null_text(max_sequence_length)}, str(tmp))
-            os.replace(tmp, null_path)
+            with atomic.atomic_path(null_path) as tmp:
+                save_file({"text": encoder.null_text(max_sequence_length)}, str(tmp))
         for i in todo:
             _write_shard(out / SHARD_PATTERN.format(index=i), [items[j] for j in ranges[i]], encoder, settings, report)
             report.seconds = time.perf_counter() - start
@@ -284,12 +276,10 @@ def _write_shard(
     """Encode `items` into `tar_path`: tar under a temporary name, rename, then the index (= complete)."""
     from safetensors.torch import save as save_safetensors
 
-    from motif_video.core.video_io import atomic_output
-
-    for stale in tar_path.parent.glob(f".{tar_path.name}.*.tmp"):  # left by a killed run; only this rank writes it
-        stale.unlink(missing_ok=True)
+    for stale in tar_path.parent.glob(f".{tar_path.stem}.*{atomic.TMP_SUFFIX}*"):
+        stale.unlink(missing_ok=True)  # a killed run's temporaries: only this rank writes this shard
     entries: list[IndexEntry] = []
-    with atomic_output(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic.atomic_path(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for item in items:
             try:
                 clip = load_clip(item, settings.buckets, settings.frame_stride)
@@ -358,63 +348,3 @@ def _device(device: str | torch.device) -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
-
-
-# ---------------------------------------------------------------------------------------------------- command line
-
-
-def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `prepare` to a CLI's subparsers; it runs `run_prepare_command` (rank/world from torchrun's env)."""
-    cmd = subparsers.add_parser(
-        "prepare",
-        help="encode a manifest of videos/images into training shards (VAE latents + text states)",
-        description="Encode a .jsonl/.csv manifest (path, caption[, caption_short, key, fps]) into WebDataset shards. "
-        "Under torchrun every process writes its own shards (RANK, WORLD_SIZE); rerunning resumes.",
-    )
-    cmd.add_argument("--manifest", required=True, help="a .jsonl or .csv manifest")
-    cmd.add_argument("--model", required=True, help="release folder (vae/, text_encoder/, tokenizer/ are used)")
-    cmd.add_argument("--out", required=True, help="output folder for shard-XXXXXX.tar + .index.json")
-    cmd.add_argument("--buckets", required=True, help="FxHxW list, e.g. 1x64x64,17x64x64 (H, W multiples of 16)")
-    cmd.add_argument("--samples-per-shard", type=int, default=256, help="manifest items per shard (default 256)")
-    cmd.add_argument("--seed", type=int, default=0, help="seed of the caption-variant draw (default 0)")
-    cmd.add_argument("--dtype", default="bfloat16", help="storage dtype: bfloat16 or float32 (default bfloat16)")
-    cmd.add_argument("--image-tokens", action="store_true", help="also store SigLIP tokens of the first frame")
-    cmd.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    cmd.add_argument("--frame-stride", type=int, default=1, help="keep every Nth source frame (default 1)")
-    cmd.add_argument(
-        "--caption-probs", default="0.5,0.3,0.2", help="long,short,first_sentence probabilities (default 0.5,0.3,0.2)"
-    )
-    cmd.add_argument("--teacher", choices=["dinov2", "vjepa2"], help="also store REPA targets of this teacher")
-    cmd.add_argument("--teacher-path", help="teacher folder or hub id (default: the teacher's official hub id)")
-    cmd.add_argument("--max-text-tokens", type=int, default=512, help="text tokens kept per caption (default 512)")
-    cmd.set_defaults(func=run_prepare_command)
-    return cmd
-
-
-def run_prepare_command(args: argparse.Namespace) -> int:
-    """The `prepare` command: RANK / WORLD_SIZE from torchrun's environment (absent: 0 of 1), then `prepare`."""
-    from motif_video.env import torchrun_env
-
-    rank, world_size, local_rank = torchrun_env()
-    if args.device == "auto" and torch.cuda.is_available():
-        args.device = f"cuda:{local_rank}"  # one GPU per torchrun process
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = prepare(
-        args.manifest,
-        args.model,
-        args.out,
-        parse_buckets(args.buckets),
-        samples_per_shard=args.samples_per_shard,
-        rank=rank,
-        world_size=world_size,
-        seed=args.seed,
-        caption_probs=CaptionProbs.parse(args.caption_probs),
-        frame_stride=args.frame_stride,
-        dtype=args.dtype,
-        image_tokens=args.image_tokens,
-        max_sequence_length=args.max_text_tokens,
-        device=args.device,
-        teacher=(args.teacher, args.teacher_path) if args.teacher else None,
-    )
-    print(report.summary())
-    return 0

@@ -15,8 +15,7 @@ own rounding. Callers trim text padding first (see `transformer.py`), so most ca
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -88,20 +87,6 @@ _KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.T
 }
 
 
-_observers: list[Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], None]] = []
-
-
-@contextmanager
-def observe_attention(callback: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], None]) -> Iterator[None]:
-    """Inside the block, call `callback(q, k, key_mask)` on every attention call before it runs (for analysis,
-    e.g. scripts/attention_locality.py; results are unchanged)."""
-    _observers.append(callback)
-    try:
-        yield
-    finally:
-        _observers.remove(callback)
-
-
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -113,8 +98,6 @@ def attention(
     q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh); key_mask: (B, Lk) bool, True = attend, or None.
     Returns (B, H, Lq, Dh).
     """
-    for observer in _observers:
-        observer(q, k, key_mask)
     backend = get_attention_backend()
     if backend != "sdpa" and key_mask is None and _kernel_can_run(q):
         return _KERNELS[backend](q, k, v)

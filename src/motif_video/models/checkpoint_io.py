@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from motif_video.atomic import atomic_path
 from motif_video.models.config import MotifVideoConfig
 
 CONFIG_NAME = "config.json"
@@ -38,6 +38,15 @@ class CheckpointError(ValueError):
 # ----------------------------------------------------------------------------------------------------
 # Locating files
 # ----------------------------------------------------------------------------------------------------
+def is_hub_id(text: str | os.PathLike) -> bool:
+    """The one hub-id rule: `owner/name` and nothing else; not an existing path, nothing that starts like one."""
+    text = str(text)
+    if text.startswith((".", "/", "~")) or Path(text).exists():
+        return False
+    owner, _, name = text.partition("/")
+    return bool(owner) and bool(name) and "/" not in name
+
+
 def _resolve_file(source: str, subfolder: str | None, filename: str, required: bool, **hub: Any) -> Path | None:
     local = Path(source)
     if local.is_dir():
@@ -47,7 +56,7 @@ def _resolve_file(source: str, subfolder: str | None, filename: str, required: b
         if required:
             raise CheckpointError(f"{path} not found: is {local} a `transformer/` folder of the release?")
         return None
-    if local.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+    if not is_hub_id(source):
         raise CheckpointError(f"{source} is not a folder: give a `transformer/` folder or a hub id like 'org/name'")
     import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
@@ -227,11 +236,5 @@ def save_transformer(
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -141,8 +141,8 @@ PRESETS: dict[str, MotifVideoConfig] = {
 
 
 PRESETS["tiny-shared"] = PRESETS["tiny"].replace(cross_attention_layout="shared")
-# The shipped small model (motif_video_lab.small_model): the real architecture at width 128, reading the small frozen
-# T5Gemma2 encoder (text width 64) and its SigLIP tower (width 32).
+# The shipped small model: the real architecture at width 128, reading a small frozen T5Gemma2 encoder (text width
+# 64) and its SigLIP tower (width 32).
 PRESETS["motif-video-small"] = MotifVideoConfig(
     num_attention_heads=4,
     attention_head_dim=32,

@@ -3,8 +3,11 @@
 A route names a span of GLOBAL block indices, `start` inclusive to `end` exclusive (dual blocks first, then
 encoder single blocks, then DDT decoder blocks), and per sample the sorted indices of the video tokens that
 are kept. At `start` the kept tokens are gathered (RoPE tables and masks alike); after block `end - 1` they
-are scattered back over the untouched full stream. Text and image tokens always stay. Training only: the
-caller draws the indices (`random_route`), so no random choice happens inside the model.
+are scattered back over the untouched full stream. Text and image tokens always stay. A span that reaches
+into the DDT decoder is scattered at the encoder's end and gathered again at the decoder's start, with the
+decoder's video context (`phases.run_routed`); gather after scatter is the identity, so the numbers are
+those of one span. Training only: the caller draws the indices (`random_route`), so no random choice happens
+inside the model.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ Beyond the reference, with the same numbers:
   so fused attention kernels apply (`attention.py`).
 - q/k/v projections fuse into one GEMM (`fuse_qkv_projections`), still loading the official unfused keys.
 - RoPE tables are cached per latent grid.
-- Training hooks: a TREAD `route`, a REPA feature tap (`repa_block`) returned explicitly, per-block gradient
-  checkpointing, and `init_weights` that zeroes gates and output projections (a fresh model predicts 0).
+- Training hooks: a TREAD `route`, a REPA feature tap (`repa_block`) returned explicitly, and `init_weights` that
+  zeroes gates and output projections (a fresh model predicts 0). Activation checkpointing, compile and FSDP2
+  are applied from outside (`training/parallel.py`).
+- The forward is its phases, each callable alone (`phases.py`): `embed` -> `encode` -> `decode` -> `head`.
 """
 
 from __future__ import annotations
@@ -28,16 +30,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from motif_video.models.blocks import DualStreamBlock, SingleStreamBlock
 from motif_video.models.config import MotifVideoConfig
 from motif_video.models.embeddings import ConditionEmbedding, ImageProjection, PatchEmbed, TextProjection
 from motif_video.models.fused_linear import FusableProjections
-from motif_video.models.joint_attention import AttentionContext
 from motif_video.models.modulation import AdaLNContinuous
+from motif_video.models.phases import Embedded, PhaseOutput, run_phase
 from motif_video.models.rope import RotaryEmbedding3D
-from motif_video.models.routing import TokenRoute, gather_tokens, scatter_tokens
+from motif_video.models.routing import TokenRoute
 
 
 @dataclass
@@ -67,6 +68,19 @@ def trim_text_padding(text: torch.Tensor, mask: torch.Tensor | None) -> tuple[to
     keep = max(int((mask * positions).amax()), 1)
     text, mask = text[:, :keep], mask[:, :keep]
     return text, (None if bool(mask.all()) else mask)
+
+
+def context_key_mask(
+    image_mask: torch.Tensor | None, text_mask: torch.Tensor | None, context: torch.Tensor, image_len: int
+) -> torch.Tensor | None:
+    """(B, Lc) bool key mask over the context [image_len image tokens; text]; None when neither part has a mask.
+    image_mask: (B, Li), text_mask: (B, Lt), each None when all of its part is valid."""
+    if image_mask is None and text_mask is None:
+        return None
+    b, lc = context.shape[:2]
+    image = context.new_ones(b, image_len, dtype=torch.bool) if image_mask is None else image_mask.bool()
+    text = context.new_ones(b, lc - image_len, dtype=torch.bool) if text_mask is None else text_mask.bool()
+    return torch.cat((image, text), dim=1)
 
 
 @torch.no_grad()
@@ -113,7 +127,6 @@ class MotifVideoTransformer(nn.Module):
         )
         self.norm_out = AdaLNContinuous(dim)
         self.proj_out = nn.Linear(dim, c.patch_size_t * c.patch_size * c.patch_size * c.out_channels)
-        self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------------------------------------
     # Construction and checkpoints
@@ -180,12 +193,6 @@ class MotifVideoTransformer(nn.Module):
         has to exist for `diffusers.MotifVideoPipeline(transformer=<ours>)` to run."""
         yield
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing = True
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing = False
-
     def fuse_qkv_projections(self) -> None:
         """One GEMM per q/k/v triple (and per k/v pair of diffusers-layout cross-attention)."""
         for module in self.modules():
@@ -206,14 +213,114 @@ class MotifVideoTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------------------------------------
-    # Forward
+    # Forward: embed -> encoder -> DDT decoder -> head; each phase is callable alone
     # ------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+        *,
+        route: TokenRoute | None = None,
+        repa_block: int | None = None,
+        image_embeds_mask: torch.Tensor | None = None,
+    ) -> MotifVideoTransformerOutput | tuple[torch.Tensor, ...]:
+        """Predict the flow velocity v = eps - x0.
+
+        hidden_states: (B, in_channels, F, H, W) latents [noisy | first-frame latent | mask];
+        timestep: (B,) or scalar on the 0..1000 scale; encoder_hidden_states: (B, L, text_embed_dim);
+        encoder_attention_mask: (B, L), nonzero = valid; image_embeds: (B, L_img, image_embed_dim).
+        route: optional TREAD route (training); repa_block: global block index whose output video tokens
+        are returned as `repa_features` (gathered like the route when the block lies inside it);
+        image_embeds_mask: (B, L_img), zero = that sample has no image tokens (joint T2V/I2V training batches).
+        With the defaults this is exactly the inference graph of the reference.
+        """
+        if attention_kwargs and float(attention_kwargs.get("scale", 1.0)) != 1.0:
+            raise ValueError("attention_kwargs['scale'] (LoRA scale) is not supported by this model")
+        emb = self.embed(
+            hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, image_embeds, image_embeds_mask
+        )  # patches: (B, N, D), context: (B, Lc, D), temb: (B, D)
+        encoded = self.encode(emb, route=route, repa_block=repa_block)  # video: (B, N, D)
+        decoded = self.decode(emb, encoded.video, route=route, repa_block=repa_block)  # video: (B, N, D)
+        sample = self.head(decoded.video, emb)  # (B, C_out, F, H, W)
+        tap = encoded.repa_features if encoded.repa_features is not None else decoded.repa_features  # (B, N|K, D)
+        result = MotifVideoTransformerOutput(sample, tap)
+        return result if return_dict else result.to_tuple()
+
+    def embed(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_embeds_mask: torch.Tensor | None = None,
+    ) -> Embedded:
+        """Patchify the latents, embed the time, project [image; text] into the context; RoPE tables and the
+        context key mask for the blocks. Inputs as in `forward`."""
+        self._check_inputs(
+            hidden_states, encoder_hidden_states, encoder_attention_mask, image_embeds, image_embeds_mask
+        )
+        c, dtype = self.config, self.dtype
+        b, _, f, h, w = hidden_states.shape
+        grid = (f // c.patch_size_t, h // c.patch_size, w // c.patch_size)
+        timestep = torch.as_tensor(timestep, device=hidden_states.device)
+        timestep = timestep.reshape(-1).expand(b) if timestep.numel() == 1 else timestep.reshape(b)
+        temb = self.time_text_embed(timestep)  # (B, D)
+        text, text_mask = trim_text_padding(encoder_hidden_states, encoder_attention_mask)  # (B, Lt, E), (B, Lt)
+        patches = self.x_embedder(hidden_states.to(dtype))  # (B, N, D)
+        context = self.context_embedder(text.to(dtype))  # (B, Lt, D)
+        image_len = 0 if image_embeds is None else image_embeds.shape[1]
+        if image_embeds is not None:
+            context = torch.cat((self.image_embedder(image_embeds.to(dtype)), context), dim=1)  # (B, Li + Lt, D)
+        context_mask = context_key_mask(image_embeds_mask, text_mask, context, image_len)  # (B, Lc) or None
+        rope = self.rope(grid, hidden_states.device)  # cos, sin: (N, Dh)
+        return Embedded(patches, context, temb, rope, context_mask, text_mask, image_len, grid)
+
+    def encode(self, emb: Embedded, *, route: TokenRoute | None = None, repa_block: int | None = None) -> PhaseOutput:
+        """Dual-stream, then encoder single-stream blocks over (video, [image; text]) -> the final video tokens
+        (the decoder's context) and the REPA tap when `repa_block` is an encoder block."""
+        self._check_route(emb, route, repa_block)
+        blocks = self.blocks[: self.config.num_encoder_blocks]
+        x, _, tap = run_phase(blocks, 0, emb.patches, emb.context, emb, route, repa_block, decoder=False)
+        return PhaseOutput(x, tap)
+
+    def decode(
+        self, emb: Embedded, encoded: torch.Tensor, *, route: TokenRoute | None = None, repa_block: int | None = None
+    ) -> PhaseOutput:
+        """DDT decoder: a new stream from the patch tokens with the encoder's video tokens (B, N, D) as its context
+        (no text, no mask); both streams are updated, the first is returned, with the REPA tap when it lies here.
+        Without decoder blocks the encoder's tokens pass through."""
+        self._check_route(emb, route, repa_block)
+        first = self.config.num_encoder_blocks
+        if first == self.config.num_blocks:  # num_decoder_layers=0: the head reads the encoder's tokens
+            return PhaseOutput(encoded)
+        x, _, tap = run_phase(self.blocks[first:], first, emb.patches, encoded, emb, route, repa_block, decoder=True)
+        return PhaseOutput(x, tap)
+
+    def head(self, x: torch.Tensor, emb: Embedded) -> torch.Tensor:
+        """x: (B, N, D) decoder tokens -> (B, C_out, F, H, W) velocity."""
+        out = self.proj_out(self.norm_out(x, emb.temb))  # (B, N, C_out * pt * p * p)
+        return self._unpatchify(out, emb.grid)
+
+    def _check_route(self, emb: Embedded, route: TokenRoute | None, repa_block: int | None) -> None:
+        c = self.config
+        if route is not None:
+            route.validate(emb.patches.shape[0], emb.patches.shape[1], c.num_blocks)
+        if repa_block is not None and not 0 <= repa_block < c.num_blocks:
+            raise ValueError(f"repa_block must be a global block index in [0, {c.num_blocks}), got {repa_block}")
+
     def _check_inputs(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         image_embeds: torch.Tensor | None,
+        image_embeds_mask: torch.Tensor | None,
     ) -> None:
         c = self.config
         if hidden_states.dim() != 5 or hidden_states.shape[1] != c.in_channels:
@@ -245,112 +352,12 @@ class MotifVideoTransformer(nn.Module):
                 raise ValueError(
                     f"image_embeds must be (B={b}, L_img, {c.image_embed_dim}), got {tuple(image_embeds.shape)}"
                 )
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        timestep: torch.Tensor | float,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
-        attention_kwargs: dict[str, Any] | None = None,
-        return_dict: bool = True,
-        *,
-        route: TokenRoute | None = None,
-        repa_block: int | None = None,
-        image_embeds_mask: torch.Tensor | None = None,
-    ) -> MotifVideoTransformerOutput | tuple[torch.Tensor, ...]:
-        """Predict the flow velocity v = eps - x0.
-
-        hidden_states: (B, in_channels, F, H, W) latents [noisy | first-frame latent | mask];
-        timestep: (B,) or scalar on the 0..1000 scale; encoder_hidden_states: (B, L, text_embed_dim);
-        encoder_attention_mask: (B, L), nonzero = valid; image_embeds: (B, L_img, image_embed_dim).
-        route: optional TREAD route (training); repa_block: global block index whose output video tokens
-        are returned as `repa_features` (gathered like the route when the block lies inside it);
-        image_embeds_mask: (B, L_img), zero = that sample has no image tokens (joint T2V/I2V training batches).
-        With the defaults this is exactly the inference graph of the reference.
-        """
-        if attention_kwargs and float(attention_kwargs.get("scale", 1.0)) != 1.0:
-            raise ValueError("attention_kwargs['scale'] (LoRA scale) is not supported by this model")
-        c = self.config
-        self._check_inputs(hidden_states, encoder_hidden_states, encoder_attention_mask, image_embeds)
-        dtype = self.dtype
-        b, _, f, h, w = hidden_states.shape
-        grid = (f // c.patch_size_t, h // c.patch_size, w // c.patch_size)
-        num_tokens = grid[0] * grid[1] * grid[2]
-        if route is not None:
-            route.validate(b, num_tokens, c.num_blocks)
-        if repa_block is not None and not 0 <= repa_block < c.num_blocks:
-            raise ValueError(f"repa_block must be a global block index in [0, {c.num_blocks}), got {repa_block}")
-
-        timestep = torch.as_tensor(timestep, device=hidden_states.device)
-        timestep = timestep.reshape(-1).expand(b) if timestep.numel() == 1 else timestep.reshape(b)
-        temb = self.time_text_embed(timestep)
-
-        text, text_mask = trim_text_padding(encoder_hidden_states, encoder_attention_mask)
-        x = self.x_embedder(hidden_states.to(dtype))
-        ctx = self.context_embedder(text.to(dtype))
-        image_len = 0
-        if image_embeds is not None:
-            ctx = torch.cat((self.image_embedder(image_embeds.to(dtype)), ctx), dim=1)
-            image_len = image_embeds.shape[1]
-        ctx_mask = None
         if image_embeds_mask is not None and image_embeds is None:
             raise ValueError("image_embeds_mask was given without image_embeds")
-        if image_embeds_mask is not None and image_embeds_mask.shape != (b, image_len):
-            raise ValueError(f"image_embeds_mask must be (B, L_img) = {(b, image_len)}, got {image_embeds_mask.shape}")
-        if text_mask is not None or image_embeds_mask is not None:
-            image_mask = x.new_ones(b, image_len, dtype=torch.bool) if image_embeds_mask is None else image_embeds_mask
-            valid_text = x.new_ones(b, text.shape[1], dtype=torch.bool) if text_mask is None else text_mask.bool()
-            ctx_mask = torch.cat((image_mask.bool(), valid_text), dim=1)
-        cos, sin = self.rope(grid, hidden_states.device)
-
-        def context_for(n_video: int, routed: bool, decoder: bool) -> AttentionContext:
-            rc, rs = (gather_tokens(cos, route.keep), gather_tokens(sin, route.keep)) if routed else (cos, sin)
-            if decoder:
-                return AttentionContext(rc, rs)
-            joint = None if ctx_mask is None else torch.cat((ctx_mask.new_ones(b, n_video), ctx_mask), dim=1)
-            return AttentionContext(rc, rs, joint, text_mask, image_len)
-
-        x_raw = x
-        routed = decoder = False
-        actx = context_for(num_tokens, False, False)
-        x_full = ctx_full = None
-        repa_features = None
-        for index, block in enumerate(self.blocks):
-            if index == c.num_encoder_blocks:  # DDT decoder: its own stream from raw patches; context = video
-                decoder = True
-                ctx, x = x, x_raw
-                if routed:
-                    ctx_full, x_full = x_full, x_raw
-                    x = gather_tokens(x_raw, route.keep)
-                actx = context_for(x.shape[1], routed, decoder)
-            if route is not None and index == route.start:
-                routed = True
-                x_full, x = x, gather_tokens(x, route.keep)
-                if decoder:
-                    ctx_full, ctx = ctx, gather_tokens(ctx, route.keep)
-                actx = context_for(x.shape[1], routed, decoder)
-
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x, ctx = checkpoint(block, x, ctx, temb, actx, use_reentrant=False)
-            else:
-                x, ctx = block(x, ctx, temb, actx)
-
-            if route is not None and index == route.end - 1:
-                routed = False
-                x = scatter_tokens(x_full, route.keep, x)
-                if decoder:
-                    ctx = scatter_tokens(ctx_full, route.keep, ctx)
-                x_full = ctx_full = None
-                actx = context_for(num_tokens, routed, decoder)
-            if index == repa_block:
-                repa_features = x
-
-        out = self.proj_out(self.norm_out(x, temb))
-        sample = self._unpatchify(out, grid)
-        result = MotifVideoTransformerOutput(sample, repa_features)
-        return result if return_dict else result.to_tuple()
+        if image_embeds_mask is not None and image_embeds_mask.shape != image_embeds.shape[:2]:
+            raise ValueError(
+                f"image_embeds_mask must be (B, L_img) = {tuple(image_embeds.shape[:2])}, got {image_embeds_mask.shape}"
+            )
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         # x: (B, N, C*pt*p*p) -> (B, C, F, H, W); channel-major within each patch, as the reference.

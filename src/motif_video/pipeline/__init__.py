@@ -7,9 +7,11 @@ from motif_video.pipeline.pipeline import (
     MotifVideoPipeline,
     MotifVideoPipelineOutput,
 )
+from motif_video.pipeline.settings import GenerationSettings
 
 __all__ = [
     "GenerationDefaults",
+    "GenerationSettings",
     "GuidanceConfig",
     "MotifVideoPipeline",
     "MotifVideoPipelineOutput",

@@ -124,6 +124,22 @@ class GuidanceConfig:
         }
 
 
+def resolve_guidance(
+    base: GuidanceConfig,
+    guidance: GuidanceConfig | str | None,
+    scale: float | None = None,
+    eta: float | None = None,
+    norm_threshold: float | None = None,
+    momentum: float | None = None,
+) -> GuidanceConfig:
+    """One call's guidance: `guidance` (a config, a method name or None for `base`) with the given overrides."""
+    if isinstance(guidance, GuidanceConfig):
+        base = guidance
+    elif guidance is not None and guidance != base.method:  # plain CFG means uncond + s (cond - uncond)
+        base = base.replace(method=guidance, original_formulation=guidance == "apg")
+    return base.replace(scale=scale, eta=eta, norm_threshold=norm_threshold, momentum=momentum)
+
+
 class GuidanceState:
     """APG's momentum average; one per sampling run (fresh state = a fresh run)."""
 

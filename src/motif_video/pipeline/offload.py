@@ -28,8 +28,9 @@ first waits for the work already queued on the compute stream (so a freed block'
 after the kernels that read it), and record an event that the compute stream waits on before the block
 runs. Elsewhere copies are plain (and on "cpu" they are no-ops).
 
-Both take an optional `trace` list and append (action, name-or-index) tuples to it: tests and debugging
-read exactly which moves happened, without a GPU.
+Every move goes through one method per direction (`_load` / `_release` of a block, `_load` /
+`_release_resident` of a component), so a test or a debugging session can wrap those to see which moves
+happened, without a GPU and without anything in the hot path.
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-Trace = list[tuple[str, Any]]
 
 __all__ = ["BlockOffloadHandle", "ComponentOffloader", "enable_block_offload"]
 
@@ -139,7 +138,6 @@ class ComponentOffloader:
         device: torch.device | str,
         *,
         pin_memory: bool = True,
-        trace: Trace | None = None,
     ) -> None:
         self.device = _as_device(device)
         self.components = dict(components)
@@ -155,7 +153,6 @@ class ComponentOffloader:
             self._groups[name] = _TensorGroup(tensors, pin)
         self._resident: str | None = None
         self._in_use: str | None = None
-        self._trace = trace
 
     @property
     def resident(self) -> str | None:
@@ -171,9 +168,7 @@ class ComponentOffloader:
             raise RuntimeError(f"cannot use {name!r} while {self._in_use!r} is in use: only one may be resident")
         if self._resident != name:
             self._release_resident()
-            self._groups[name].load(self.device, self._non_blocking)
-            self._resident = name
-            self._log("load", name)
+            self._load(name)
         outer, self._in_use = self._in_use, name
         try:
             yield self.components[name]
@@ -195,15 +190,14 @@ class ComponentOffloader:
         self._groups.clear()
         self.components.clear()
 
+    def _load(self, name: str) -> None:
+        self._groups[name].load(self.device, self._non_blocking)
+        self._resident = name
+
     def _release_resident(self) -> None:
         if self._resident is not None:
             self._groups[self._resident].release()
-            self._log("offload", self._resident)
             self._resident = None
-
-    def _log(self, action: str, name: str) -> None:
-        if self._trace is not None:
-            self._trace.append((action, name))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,13 +220,11 @@ class BlockOffloadHandle:
         device: torch.device,
         prefetch: int,
         pin_memory: bool,
-        trace: Trace | None,
     ) -> None:
         self.model = model
         self.device = device
         self.prefetch = prefetch
         self.num_blocks = len(blocks)
-        self._trace = trace
         self._home = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
         self._stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
         self._non_blocking = device.type == "cuda"
@@ -311,7 +303,6 @@ class BlockOffloadHandle:
                 self._load(ahead, ahead=True)
 
     def _load(self, index: int, ahead: bool) -> None:
-        self._log("prefetch" if ahead else "load", index)
         if ahead and self._stream is not None:
             # Reused memory of released blocks is only overwritten after the kernels queued so far that read it.
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -333,11 +324,6 @@ class BlockOffloadHandle:
     def _release(self, index: int) -> None:
         if self._loaded.pop(index, None) is not None:
             self._groups[index].release()
-            self._log("release", index)
-
-    def _log(self, action: str, index: int) -> None:
-        if self._trace is not None:
-            self._trace.append((action, index))
 
 
 def enable_block_offload(
@@ -347,14 +333,13 @@ def enable_block_offload(
     blocks: Sequence[nn.Module] | None = None,
     prefetch: int = 1,
     pin_memory: bool = True,
-    trace: Trace | None = None,
 ) -> BlockOffloadHandle:
     """Run `model` on `device` with only its current block(s) there; everything else of it stays on `device`.
 
     blocks: the modules to stream, in the order the forward runs them (default `model.blocks`); each must run
     through its own `__call__` (hooks fire there). prefetch: how many following blocks to copy ahead (0: load
     each block when it starts). pin_memory: page-lock the CPU masters when `device` is CUDA (asynchronous
-    copies). trace: list that receives ("load" | "prefetch" | "release", block index) for each move.
+    copies).
     Call model-changing methods such as `fuse_qkv_projections` or fp8 quantization before enabling, and
     `handle.remove(device)` before moving the model with `.to()`.
     """
@@ -369,6 +354,6 @@ def enable_block_offload(
         raise ValueError("each block may appear only once in `blocks`")
     if not isinstance(prefetch, int) or prefetch < 0:
         raise ValueError(f"prefetch must be an integer >= 0, got {prefetch!r}")
-    handle = BlockOffloadHandle(model, blocks, _as_device(device), prefetch, pin_memory, trace)
+    handle = BlockOffloadHandle(model, blocks, _as_device(device), prefetch, pin_memory)
     model._block_offload_handle = handle
     return handle

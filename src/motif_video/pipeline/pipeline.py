@@ -11,14 +11,18 @@ gives the same frames as the reference (tested in fp32), and differs where the r
 Speed: conditional and unconditional passes run as one batched forward (`batch_guidance=True`), prompts are
 padded only to the longest one (the transformer then trims padding), and everything that does not change
 across steps (text and image tokens, conditioning channels, RoPE tables) is computed once.
+
+A call runs in phases, each in its own module: resolve and check the inputs (`inputs.plan_call`), encode text
+and image (`encoding`), draw the starting noise, denoise (`sampler.denoise`, a function of tensors), decode.
+Options can also come as one `GenerationSettings` (`pipe.generate(prompt, settings)`); memory modes live in
+`memory.MemoryModes`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,43 +31,17 @@ from tqdm.auto import tqdm
 
 from motif_video.core import encoders as conditioning
 from motif_video.core import latent_space as latent_ops
-from motif_video.core.flow import DEFAULT_SHIFT_I2V, DEFAULT_SHIFT_T2V, to_model_timestep
-from motif_video.pipeline import inputs, lora
-from motif_video.pipeline.guidance import GuidanceConfig, GuidanceState, combine
-from motif_video.pipeline.schedule import resolve_sigmas, set_scheduler_sigmas, unshifted_scheduler
+from motif_video.core.release import OFFICIAL_NEGATIVE_PROMPT as OFFICIAL_NEGATIVE_PROMPT  # re-exported
+from motif_video.core.release import GenerationDefaults
+from motif_video.pipeline import encoding, inputs, lora
+from motif_video.pipeline.guidance import GuidanceConfig
+from motif_video.pipeline.inputs import MODEL_DEFAULT_NEGATIVE, CallPlan
+from motif_video.pipeline.memory import MemoryModes
+from motif_video.pipeline.sampler import Condition, StepEnd, denoise
+from motif_video.pipeline.schedule import set_scheduler_sigmas, unshifted_scheduler
+from motif_video.pipeline.settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
-
-OFFICIAL_NEGATIVE_PROMPT = (
-    "text overlay, graphic overlay, watermark, logo, subtitles, timestamp, broadcast graphics, UI elements, "
-    "random letters, frozen pose, rigid, static expression, jerky motion, mechanical motion, discontinuous "
-    "motion, flat framing, depthless, dull lighting, monotone, crushed shadows, blown-out highlights, shifting "
-    "background, fading background, poor continuity, identity drift, deformation, flickering, ghosting, "
-    "smearing, duplication, mutated proportions, inconsistent clothing, flat colors, desaturated, tonally "
-    "compressed, poor background separation, exposure shift, uneven brightness, color balance shift"
-)
-OUTPUT_TYPES = ("np", "pil", "pt", "latent")
-CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")
-
-
-# `negative_prompt` left at this default means "the model's default negative prompt" (`GenerationDefaults`).
-MODEL_DEFAULT_NEGATIVE = "<model default negative prompt>"
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """What a call uses when it does not say; official: 1280x736, 121 frames at 24 fps, 50 steps, shift 15 (T2V) /
-    8 (I2V), the official negative prompt. A release stores its own (the small model: 64x64, shift 3, no negative)."""
-
-    height: int = 736
-    width: int = 1280
-    num_frames: int = 121
-    fps: int = 24
-    num_inference_steps: int = 50
-    shift_t2v: float = DEFAULT_SHIFT_T2V
-    shift_i2v: float = DEFAULT_SHIFT_I2V
-    negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
-    noise_correlation: float = 0.0  # between latent frames of the starting noise (`latents.correlate_frames`)
 
 
 @dataclass
@@ -77,7 +55,7 @@ class MotifVideoPipelineOutput:
         return (self.frames,)[index]
 
 
-class MotifVideoPipeline:
+class MotifVideoPipeline(MemoryModes):
     """Text/image-to-video with our transformer and the official text encoder, VAE and SigLIP processor."""
 
     def __init__(
@@ -162,92 +140,7 @@ class MotifVideoPipeline:
             feature_extractor=self.feature_extractor,
         )
 
-    # ----------------------------------------------------------------- devices and memory modes
-    @property
-    def device(self) -> torch.device:
-        """Where the transformer runs (the execution device)."""
-        if self._device is not None:
-            return self._device
-        return next(self.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MotifVideoPipeline:
-        """Everything on `device` (the text encoder stays on CPU if `enable_text_encoder_on_cpu` was called)."""
-        if self._offloader is not None or self._block_offload is not None:
-            raise ValueError("this pipeline uses an offload mode; build a fresh pipeline to move it with .to()")
-        device = torch.device(device) if device is not None else self.device
-        for name in ("transformer", "vae", "text_encoder"):
-            module = getattr(self, name)
-            if module is None:
-                continue
-            target = torch.device("cpu") if (name == "text_encoder" and self._text_encoder_on_cpu) else device
-            if name == "transformer" and dtype is not None:
-                module.to(device=target, dtype=dtype)
-            else:
-                module.to(target)
-        self._device = device
-        return self
-
-    def enable_text_encoder_on_cpu(self) -> None:
-        """Keep the text encoder on CPU (its outputs are moved to the execution device)."""
-        self._text_encoder_on_cpu = True
-        if self.text_encoder is not None:
-            self.text_encoder.to("cpu")
-
-    def enable_model_cpu_offload(self, device: torch.device | str = "cuda") -> None:
-        """Only the component in use sits on `device`: text encoder -> transformer -> VAE."""
-        from motif_video.pipeline.offload import ComponentOffloader
-
-        modules = {
-            n: m
-            for n, m in (("text_encoder", self.text_encoder), ("transformer", self.transformer), ("vae", self.vae))
-            if m is not None
-        }
-        if self._text_encoder_on_cpu:
-            modules.pop("text_encoder", None)
-        self._offloader = ComponentOffloader(modules, device)
-        self._offloader.offload_all()
-        self._device = torch.device(device)
-
-    def enable_block_offload(self, device: torch.device | str = "cuda", prefetch: int = 1) -> None:
-        """Transformer blocks stream from CPU one at a time (with prefetch); other components offloaded too."""
-        from motif_video.pipeline.offload import enable_block_offload
-
-        others = {n: m for n, m in (("text_encoder", self.text_encoder), ("vae", self.vae)) if m is not None}
-        if self._text_encoder_on_cpu:
-            others.pop("text_encoder", None)
-        from motif_video.pipeline.offload import ComponentOffloader
-
-        self._offloader = ComponentOffloader(others, device)
-        self._offloader.offload_all()
-        self._block_offload = enable_block_offload(self.transformer, device, prefetch=prefetch)
-        self._device = torch.device(device)
-
-    def enable_fp8(self) -> None:
-        """FP8 weight-only transformer (torchao); roughly halves its weight memory versus bf16."""
-        from motif_video.pipeline.quantization import quantize_fp8_weight_only
-
-        quantize_fp8_weight_only(self.transformer)
-
-    def enable_vae_tiling(self) -> None:
-        """Decode in overlapping spatial tiles (diffusers' Wan VAE tiling): lower peak memory."""
-        self.vae.enable_tiling()
-
-    def enable_vae_slicing(self) -> None:
-        """Decode one video of the batch at a time."""
-        self.vae.enable_slicing()
-
-    @contextlib.contextmanager
-    def _using(self, name: str) -> Iterator[None]:
-        if self._offloader is not None and name in getattr(self._offloader, "components", {}):
-            with self._offloader.use(name):
-                yield
-        else:
-            yield
-
+    # ----------------------------------------------------------------- progress
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """tqdm options for the denoising bar, e.g. `disable=True`."""
         self._progress_kwargs = kwargs
@@ -266,7 +159,7 @@ class MotifVideoPipeline:
         """prompts -> (embeds (B, L, D), mask (B, L) bool) on the execution device."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline has no text encoder/tokenizer: pass prompt_embeds (and a mask) instead")
-        with self._using("text_encoder"):
+        with self.using("text_encoder"):
             return conditioning.encode_text(
                 self.tokenizer,
                 self.text_encoder,
@@ -282,7 +175,7 @@ class MotifVideoPipeline:
         if tower is None or self.feature_extractor is None:
             logger.warning("no SigLIP vision tower/feature extractor: image-to-video runs without image tokens")
             return None
-        with self._using("text_encoder"):
+        with self.using("text_encoder"):
             return conditioning.siglip_tokens(tower, self.feature_extractor, frames, self.device)
 
     # ----------------------------------------------------------------- the call
@@ -328,165 +221,106 @@ class MotifVideoPipeline:
         `shift` and `negative_prompt` default to the model's (`self.defaults`; official: 15 T2V / 8 I2V and the
         official negative prompt; `None` or "" is the empty prompt); so does `noise_correlation`, the correlation
         between latent frames of the starting noise (official 0: independent; a model trained with a correlated
-        prior stores its own); `guidance_scale`, `guidance` ("apg" | "cfg" |
-        "none" or a `GuidanceConfig`) and `apg_*` override the pipeline's guidance config. `first_frame_latent`:
-        "sample" draws the first-frame latent from the VAE posterior with `generator` (the reference), "mode" takes
-        its mode. `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
+        prior stores its own); `guidance_scale`, `guidance` ("apg" | "cfg" | "none" or a `GuidanceConfig`) and
+        `apg_*` override the pipeline's guidance config. `first_frame_latent`: "sample" draws the first-frame
+        latent from the VAE posterior with `generator` (the reference), "mode" takes its mode.
+        `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
+        The same options as one object: `generate(prompt, GenerationSettings(...))`.
         """
-        height = height or self.defaults.height
-        width = width or self.defaults.width
-        num_frames = num_frames or self.defaults.num_frames
-        if num_inference_steps is None and sigmas is None and timesteps is None:
-            num_inference_steps = self.defaults.num_inference_steps
-        latent_ops.check_video_size(height, width, num_frames, *latent_ops.model_patch(self.transformer))
-        if noise_correlation is None:
-            noise_correlation = self.defaults.noise_correlation
-        latent_ops.check_noise_correlation(noise_correlation)
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if num_videos_per_prompt < 1:
-            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
-        if first_frame_latent not in ("sample", "mode"):
-            raise ValueError(f"first_frame_latent must be 'sample' or 'mode', got {first_frame_latent!r}")
-        if hasattr(callback_on_step_end, "tensor_inputs"):  # diffusers' PipelineCallback objects
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        unknown = set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSORS)
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs may name {CALLBACK_TENSORS}, got {sorted(unknown)}")
-        if attention_kwargs and attention_kwargs.get("scale", 1.0) != 1.0:
-            raise ValueError("attention_kwargs['scale'] (LoRA scale) is not supported yet")
-
-        i2v = image is not None
-        guide = self._resolve_guidance(guidance, guidance_scale, apg_eta, apg_norm_threshold, apg_momentum)
-        if shift is None:
-            shift = self.defaults.shift_i2v if i2v else self.defaults.shift_t2v
-        shift = float(shift)
-        if isinstance(negative_prompt, str) and negative_prompt == MODEL_DEFAULT_NEGATIVE:
-            negative_prompt = self.defaults.negative_prompt
-        schedule = resolve_sigmas(num_inference_steps, shift, sigmas, timesteps)
-        num_steps = len(schedule)
-        any_guidance = any(guide.active(i, num_steps) for i in range(num_steps))
-        device, dtype = self.device, self.transformer.dtype
-
-        # 1. text: prompts x videos, cond and uncond
-        prompts = inputs.prompt_list(prompt, prompt_embeds)
-        n_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
-        batch = n_prompts * num_videos_per_prompt
-        cond, cond_mask, uncond, uncond_mask = self._text_conditions(
-            prompts,
-            n_prompts,
-            negative_prompt,
-            prompt_embeds,
-            prompt_attention_mask,
-            negative_prompt_embeds,
-            negative_prompt_attention_mask,
-            any_guidance,
-            max_sequence_length,
-        )
-        repeat = lambda x: None if x is None else x.repeat_interleave(num_videos_per_prompt, dim=0)  # noqa: E731
-        cond, cond_mask, uncond, uncond_mask = map(repeat, (cond, cond_mask, uncond, uncond_mask))
-
-        # 2. initial noise (drawn before the first-frame sample, as the reference)
-        shape = latent_ops.latent_shape(batch, self.vae.config.z_dim, height, width, num_frames)
-        if latents is None:
-            latents = latent_ops.initial_noise(shape, generator, device, noise_correlation)
-        else:
-            if tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape} for this size and batch, got {tuple(latents.shape)}")
-            latents = latents.to(device=device, dtype=torch.float32)
-
-        # 3. image conditioning: each distinct image once, then mapped to its videos
-        first_frames, image_embeds = None, None
-        if i2v:
-            if shape[2] < 2:
-                raise ValueError("image-to-video needs at least 5 frames (2 latent frames): raise num_frames")
-            images, index = inputs.image_list(image, n_prompts)
-            frames = conditioning.preprocess_images(images, height, width)
-            video_index = index.repeat_interleave(num_videos_per_prompt)
-            image_generator = generator
-            if isinstance(generator, list):  # one per video -> the first video of each image draws its sample
-                image_generator = [generator[int((video_index == k).nonzero()[0])] for k in range(len(images))]
-            with self._using("vae"):
-                ff = latent_ops.encode_first_frames(self.vae, frames, image_generator, first_frame_latent == "sample")
-            first_frames = ff[video_index.to(ff.device)]
-            tokens = self.encode_image(frames)
-            image_embeds = None if tokens is None else tokens[video_index.to(tokens.device)].to(device, dtype)
-        channels = latent_ops.condition_channels(first_frames, shape, device, dtype)
-
-        # 4. sampler
-        scheduler = unshifted_scheduler(self.scheduler)
-        step_timesteps = set_scheduler_sigmas(scheduler, schedule, device)
-        model_sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
-
-        self.last_call = dict(
-            task="i2v" if i2v else "t2v",
+        # 1. resolve and check the inputs
+        plan = inputs.plan_call(
+            self.defaults,
+            self.guidance,
+            latent_ops.model_patch(self.transformer),
+            prompt=prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt=negative_prompt,
+            negative_prompt_embeds=negative_prompt_embeds,
+            image=image,
             height=height,
             width=width,
             num_frames=num_frames,
-            num_inference_steps=num_steps,
+            num_inference_steps=num_inference_steps,
+            sigmas=sigmas,
+            timesteps=timesteps,
             shift=shift,
-            noise_correlation=float(noise_correlation),
-            sigmas=[float(x) for x in schedule],
-            custom_schedule=sigmas is not None or timesteps is not None,
-            scheduler=type(scheduler).__name__,
-            guidance=guide.to_dict(),
-            negative_prompt=negative_prompt if negative_prompt_embeds is None else "<embeddings>",
+            noise_correlation=noise_correlation,
+            guidance=guidance,
+            guidance_scale=guidance_scale,
+            apg_eta=apg_eta,
+            apg_norm_threshold=apg_norm_threshold,
+            apg_momentum=apg_momentum,
             num_videos_per_prompt=num_videos_per_prompt,
-            first_frame_latent=first_frame_latent if i2v else None,
+            first_frame_latent=first_frame_latent,
+            output_type=output_type,
+            callback=callback_on_step_end,
+            callback_tensors=callback_on_step_end_tensor_inputs,
+            attention_kwargs=attention_kwargs,
             batch_guidance=batch_guidance,
             max_sequence_length=max_sequence_length,
+        )
+        device, dtype = self.device, self.transformer.dtype
+
+        # 2. encode the text, draw the noise, encode the image (the noise first, as the reference draws it)
+        text, negative = encoding.text_conditions(
+            self, plan, prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+        )
+        latents = self._initial_latents(plan, latents, generator)
+        first_frames, image_tokens = (
+            encoding.image_conditions(self, plan, image, generator) if plan.i2v else (None, None)
+        )
+        channels = latent_ops.condition_channels(first_frames, tuple(latents.shape), device, dtype)
+        cond = Condition(*text, channels, image_tokens)
+        uncond = None if negative is None else Condition(*negative, channels, image_tokens)
+
+        # 3. denoise
+        scheduler = unshifted_scheduler(self.scheduler)
+        set_scheduler_sigmas(scheduler, plan.sigmas, device)
+        vae_dtype = next(self.vae.parameters()).dtype
+        self.last_call = plan.record(
+            scheduler=type(scheduler).__name__,
             transformer_dtype=str(dtype),
-            vae_dtype=str(next(self.vae.parameters()).dtype),
+            vae_dtype=str(vae_dtype),
             device=str(device),
         )
-
-        # 5. denoising loop (the batched cond|uncond text is built once, again only if a callback changes it)
-        state = GuidanceState()
         self._interrupt = False
-        joint = self._joint_text(cond, cond_mask, uncond, uncond_mask, image_embeds) if batch_guidance else None
-        with self._using("transformer"), tqdm(total=num_steps, **self._progress_kwargs) as bar:
-            for i, t in enumerate(step_timesteps):
-                if self._interrupt:
-                    break
-                x = torch.cat([latents.to(dtype), channels], dim=1)
-                model_t = to_model_timestep(model_sigmas[i]).expand(batch)
-                forward = functools.partial(self._forward, attention_kwargs=attention_kwargs)
-                if not guide.active(i, num_steps):
-                    v_cond, v_uncond = forward(x, model_t, cond, cond_mask, image_embeds), None
-                elif joint is not None:
-                    v_cond, v_uncond = forward(torch.cat([x, x]), torch.cat([model_t, model_t]), *joint).chunk(2)
-                else:
-                    v_cond = forward(x, model_t, cond, cond_mask, image_embeds)
-                    v_uncond = forward(x, model_t, uncond, uncond_mask, image_embeds)
-                velocity = combine(v_cond.float(), None if v_uncond is None else v_uncond.float(), guide, state)
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    local = dict(latents=latents, prompt_embeds=cond, negative_prompt_embeds=uncond)
-                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    out = out or {}
-                    latents = out.get("latents", latents).to(torch.float32)
-                    if "prompt_embeds" in out or "negative_prompt_embeds" in out:
-                        cond = out.get("prompt_embeds", cond)
-                        uncond = out.get("negative_prompt_embeds", uncond)
-                        if joint is not None:
-                            joint = self._joint_text(cond, cond_mask, uncond, uncond_mask, image_embeds)
-                bar.update()
+        model = functools.partial(self._velocity, dtype=dtype, attention_kwargs=attention_kwargs)
+        with self.using("transformer"), tqdm(total=len(plan.sigmas), **self._progress_kwargs) as bar:
+            step_end = self._step_end(plan, callback_on_step_end, bar.update)
+            latents = denoise(
+                model,
+                latents,
+                scheduler,
+                cond,
+                uncond,
+                plan.guide,
+                batch_guidance=batch_guidance,
+                step_end=step_end,
+                stop=lambda: self._interrupt,
+            )
 
-        # 6. decode
-        if output_type == "latent":
-            video = latents
-        else:
-            video = self.decode(latents, output_type, vae_batch_size)
-        if not return_dict:
-            return (video,)
-        return MotifVideoPipelineOutput(frames=video)
+        # 4. decode
+        video = latents if output_type == "latent" else self.decode(latents, output_type, vae_batch_size)
+        return MotifVideoPipelineOutput(frames=video) if return_dict else (video,)
+
+    def generate(
+        self, prompt: str | list[str], settings: GenerationSettings, image: Any | None = None, **kwargs: Any
+    ) -> MotifVideoPipelineOutput | tuple[Any]:
+        """Generate with one `GenerationSettings` (what `motif-video generate` runs): `prompt`, and `image` for
+        image-to-video. Other keyword arguments of `__call__` (output_type, callbacks, ...) pass through; one that
+        `settings` already sets (the seed stands for `generator`) is an error rather than a silent override."""
+        options = settings.call_kwargs()
+        both = sorted(set(options) & set(kwargs))
+        if both:
+            raise ValueError(f"{', '.join(both)}: set by `settings`, so not also as an argument")
+        return self(prompt=prompt, image=image, **options, **kwargs)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, output_type: str = "np", vae_batch_size: int | None = None) -> Any:
         """Normalised latents (B, 16, F', h, w) -> frames in `output_type`, decoded in the VAE's own dtype."""
         from diffusers.video_processor import VideoProcessor
 
-        with self._using("vae"):
+        with self.using("vae"):
             vae_param = next(self.vae.parameters())
             z = latent_ops.denormalize_latents(self.vae, latents.to(vae_param.device, vae_param.dtype))
             chunk = vae_batch_size or z.shape[0]
@@ -494,98 +328,55 @@ class MotifVideoPipeline:
             video = torch.cat(pieces)
         return VideoProcessor(vae_scale_factor=latent_ops.VAE_SPATIAL).postprocess_video(video, output_type=output_type)
 
-    # ----------------------------------------------------------------- helpers
-    def _forward(
+    # ----------------------------------------------------------------- the phases' helpers
+    def _initial_latents(
+        self, plan: CallPlan, latents: torch.Tensor | None, generator: torch.Generator | list[torch.Generator] | None
+    ) -> torch.Tensor:
+        """The starting noise (B, 16, F', h, w) in fp32 on the execution device: drawn, or the caller's `latents`."""
+        shape = latent_ops.latent_shape(plan.batch, self.vae.config.z_dim, plan.height, plan.width, plan.num_frames)
+        if latents is None:
+            return latent_ops.initial_noise(shape, generator, self.device, plan.noise_correlation)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} for this size and batch, got {tuple(latents.shape)}")
+        return latents.to(device=self.device, dtype=torch.float32)
+
+    def _velocity(
         self,
-        x: torch.Tensor,
+        latents: torch.Tensor,
         t: torch.Tensor,
-        text: torch.Tensor,
-        mask: torch.Tensor,
-        image: torch.Tensor | None,
+        condition: Condition,
+        dtype: torch.dtype,
         attention_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        """One transformer call: x (B, 33, F', h, w), t (B,) on 0..1000, text (B, L, D) -> velocity (B, 16, ...)."""
+        """The sampler's model: latents (B, 16, F', h, w) fp32, t (B,) on 0..1000 -> velocity (B, 16, F', h, w)."""
+        x = torch.cat([latents.to(dtype), condition.channels], dim=1)  # (B, 33, F', h, w)
         return self.transformer(
             hidden_states=x,
             timestep=t,
-            encoder_hidden_states=text,
-            encoder_attention_mask=mask,
-            image_embeds=image,
+            encoder_hidden_states=condition.text,
+            encoder_attention_mask=condition.mask,
+            image_embeds=condition.image,
             attention_kwargs=attention_kwargs,
             return_dict=False,
         )[0]
 
-    @staticmethod
-    def _joint_text(
-        cond: torch.Tensor,
-        cond_mask: torch.Tensor,
-        uncond: torch.Tensor | None,
-        uncond_mask: torch.Tensor | None,
-        image_embeds: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-        """[cond; uncond] text (2B, L, D), mask and image tokens for one batched guidance forward."""
-        if uncond is None:
-            return None
-        length = max(cond.shape[1], uncond.shape[1])
-        c, cm = conditioning.pad_text(cond, cond_mask, length)
-        u, um = conditioning.pad_text(uncond, uncond_mask, length)
-        image2 = None if image_embeds is None else torch.cat([image_embeds, image_embeds])
-        return torch.cat([c, u]), torch.cat([cm, um]), image2
+    def _step_end(self, plan: CallPlan, callback: Callable[..., dict] | None, advance: Callable[[], Any]) -> StepEnd:
+        """The sampler's step-end hook: a diffusers-style `callback_on_step_end` (it may replace the latents and the
+        text embeddings it was given), then `advance` (the progress bar)."""
 
-    def _resolve_guidance(
-        self,
-        guidance: GuidanceConfig | str | None,
-        scale: float | None,
-        eta: float | None,
-        norm_threshold: float | None,
-        momentum: float | None,
-    ) -> GuidanceConfig:
-        if isinstance(guidance, GuidanceConfig):
-            base = guidance
-        elif guidance is None:
-            base = self.guidance
-        else:
-            base = self.guidance
-            if guidance != base.method:  # plain CFG means uncond + s (cond - uncond)
-                base = base.replace(method=guidance, original_formulation=guidance == "apg")
-        return base.replace(scale=scale, eta=eta, norm_threshold=norm_threshold, momentum=momentum)
+        def step_end(
+            i: int, t: torch.Tensor, latents: torch.Tensor, cond: Condition, uncond: Condition | None
+        ) -> tuple[torch.Tensor, Condition, Condition | None]:
+            if callback is not None:
+                negative = None if uncond is None else uncond.text
+                given = dict(latents=latents, prompt_embeds=cond.text, negative_prompt_embeds=negative)
+                out = callback(self, i, t, {k: given[k] for k in plan.callback_tensors}) or {}
+                latents = out.get("latents", latents).to(torch.float32)
+                if "prompt_embeds" in out:
+                    cond = cond.with_text(out["prompt_embeds"])
+                if "negative_prompt_embeds" in out and uncond is not None:
+                    uncond = uncond.with_text(out["negative_prompt_embeds"])
+            advance()
+            return latents, cond, uncond
 
-    def _text_conditions(
-        self,
-        prompts: list[str] | None,
-        n_prompts: int,
-        negative_prompt: str | list[str] | None,
-        prompt_embeds: torch.Tensor | None,
-        prompt_mask: torch.Tensor | None,
-        negative_embeds: torch.Tensor | None,
-        negative_mask: torch.Tensor | None,
-        need_uncond: bool,
-        max_sequence_length: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        device, dtype = self.device, self.transformer.dtype
-        negatives = None
-        if need_uncond and negative_embeds is None:
-            negatives = inputs.negative_list(negative_prompt, n_prompts)
-        if negatives is not None and (self.text_encoder is None or self.tokenizer is None):
-            raise ValueError(
-                "guidance needs the negative prompt encoded, and this pipeline has no text encoder: pass "
-                "negative_prompt_embeds (and its mask), or guidance='none'"
-            )
-        texts = (prompts or []) + (negatives or [])
-        encoded = self.encode_prompt(texts, max_sequence_length) if texts else None
-
-        if prompts is not None:
-            cond, cond_mask = encoded[0][:n_prompts], encoded[1][:n_prompts]
-        else:
-            cond = prompt_embeds.to(device=device, dtype=dtype)
-            cond_mask = inputs.mask_or_ones(prompt_mask, cond)
-        if not need_uncond:
-            return cond, cond_mask, None, None
-        if negative_embeds is not None:
-            uncond = negative_embeds.to(device=device, dtype=dtype)
-            uncond_mask = inputs.mask_or_ones(negative_mask, uncond)
-            if uncond.shape[0] != n_prompts:
-                raise ValueError(f"negative_prompt_embeds has batch {uncond.shape[0]}, prompts {n_prompts}")
-        else:
-            uncond, uncond_mask = encoded[0][-n_prompts:], encoded[1][-n_prompts:]
-        return cond, cond_mask, uncond, uncond_mask
+        return step_end

@@ -23,12 +23,12 @@ sub-folder per component) that `diffusers.MotifVideoPipeline.from_pretrained` lo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from motif_video.core.release_writer import new_index, open_release, write_index
 from motif_video.models.config import get_preset
 from motif_video.models.transformer import MotifVideoTransformer
 
@@ -37,7 +37,6 @@ TEXT_VOCAB_SIZE = 384  # the tiny text encoder's embedding rows; the tokenizer m
 DEFAULT_IMAGE_SIZE = 32  # SigLIP input side; patch 8 -> 16 image tokens
 VISION_PATCH_SIZE = 8
 TRANSFORMER_WEIGHT_NOISE = 0.1  # std of the noise added to every transformer parameter after init_weights
-PIPELINE_CLASS = "MotifVideoPipeline"
 RELEASE_CLASSES: dict[str, list[str]] = {  # component folder -> [library, class], as model_index.json lists them
     "feature_extractor": ["transformers", "SiglipImageProcessor"],
     "guider": ["diffusers", "AdaptiveProjectedGuidance"],
@@ -220,32 +219,24 @@ TINY_DEFAULTS = dict(height=64, width=64, num_frames=17, fps=8, num_inference_st
 
 
 def model_index() -> dict[str, Any]:
-    """The `model_index.json` dict of the official release layout (diffusers' format, keys sorted).
+    """The `model_index.json` dict of the official release layout (diffusers' format) with the tiny defaults.
 
     Classes are named by their stable public names (the loaders resolve them with `getattr(library, name)`).
     The transformer is listed as diffusers' model, as in the official release: ours is key-compatible with it.
     The tokenizer is our word-level `PreTrainedTokenizerFast` rather than the release's Gemma tokenizer."""
-    import diffusers
-
-    return {
-        "_class_name": PIPELINE_CLASS,
-        "_diffusers_version": diffusers.__version__,
-        "_motif_video_defaults": TINY_DEFAULTS,  # read by our loader, ignored by diffusers ("_" prefix)
-        **RELEASE_CLASSES,
-    }
+    return new_index(RELEASE_CLASSES, TINY_DEFAULTS)
 
 
 def save_tiny_release(directory: str | Path, seed: int = 0, **build_kwargs: Any) -> Path:
     """Write a tiny random release in the official diffusers layout under `directory`; returns its path."""
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
     components = build_tiny_components(seed, **build_kwargs)
     layout = components["transformer"].config.cross_attention_layout
     if layout != "diffusers":
         raise ValueError(f"the release layout needs diffusers' cross-attention layout, the preset has {layout!r}")
+    root = open_release(directory)
     for name, component in components.items():
         component.save_pretrained(str(root / name))
-    (root / "model_index.json").write_text(json.dumps(model_index(), indent=2, sort_keys=True) + "\n")
+    write_index(root, model_index())  # last: the folder is complete once it has an index
     return root
 
 

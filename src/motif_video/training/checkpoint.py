@@ -34,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from motif_video import atomic
 from motif_video.training.parallel import world
 
 # DCP warns "torch.distributed is disabled ... assuming the intent is to save/load in a single process": it is.
@@ -106,9 +107,7 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-        tmp = directory / (LATEST + ".tmp")
-        tmp.write_text(final.name + "\n")
-        os.replace(tmp, directory / LATEST)
+        atomic.write_text(directory / LATEST, final.name + "\n")
         _prune(directory, keep)
     _barrier()
     return final

@@ -10,19 +10,24 @@ overlay the model's, so an EMA of the trainable parameters alone also works). Lo
 against a model of the config, so `MotifVideoTransformer.from_pretrained` and diffusers'
 `MotifVideoTransformer3DModel.from_pretrained` both read it.
 
-Without `base` the weights and `config.json` go straight into `out_dir`. With `base` (a release folder or hub id)
-`out_dir` becomes a release: every other component folder is copied from `base`, the new weights go to
-`out_dir/transformer/`, and `model_index.json` is written last, so a folder that has one is complete.
+A source can also be an exported transformer folder (config.json beside the safetensors) or a folder holding one as
+`transformer/`, such as a training run's `final/`: that is how an export made without `base` becomes a release later.
+
+Without `base` the weights and `config.json` go straight into `out_dir`: a transformer folder, not a release (no
+`model_index.json`, nothing `generate` can load); export it again with `base` to make one. With `base` (a release
+folder or hub id) `out_dir` becomes a release (`core.release_writer.copy_release`): every other component folder is
+copied from `base`, the new weights go to `out_dir/transformer/`, and `model_index.json` is written last, so a folder
+that has one is complete. A base whose VAE, text encoder or SigLIP tower does not fit the transformer is refused
+before the weights are read or anything is written. Written files get ordinary permissions (0644 under umask 022).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,15 @@ import torch
 from torch import nn
 
 from motif_video.core.lora import merge_lora_state_dict, model_state_dict_merged
-from motif_video.models.checkpoint_io import CheckpointError, check_state_dict, reconcile_config, save_transformer
+from motif_video.core.release import read_index, resolve_folder
+from motif_video.core.release_writer import check_fits, copy_release, ordinary_modes
+from motif_video.models.checkpoint_io import (
+    CONFIG_NAME,
+    CheckpointError,
+    check_state_dict,
+    reconcile_config,
+    save_transformer,
+)
 from motif_video.models.config import PRESETS, MotifVideoConfig
 from motif_video.models.transformer import MotifVideoTransformer
 from motif_video.training.checkpoint import COMPLETE, latest_checkpoint, read_tensors, stored_tensors
@@ -61,25 +74,42 @@ def export_transformer(
 ) -> ExportResult:
     """Write the official transformer folder (see the module docstring).
 
-    Checkpoints: trainer.json's `model_config` (a config.json dict) and `lora` (LoRAConfig fields), which the
-    recipe runner stores, are used when present; the arguments override them. model_config: a MotifVideoConfig,
-    a preset name, a config.json, or a folder holding config.json or transformer/config.json. lora_alpha: the
-    alpha of a LoRA run (LoRAConfig.alpha, or its rank when that was None). dtype: cast floating weights.
+    Sources: a model, a training checkpoint (or run folder), or an exported transformer folder (or one holding
+    `transformer/`, as a run's `final/`). Checkpoints: trainer.json's `model_config` (a config.json dict) and
+    `lora` (LoRAConfig fields), which the recipe runner stores, are used when present; the arguments override them.
+    model_config: a MotifVideoConfig, a preset name, a config.json, or a folder holding config.json or
+    transformer/config.json. lora_alpha: the alpha of a LoRA run (LoRAConfig.alpha, or its rank when that was None).
+    dtype: cast floating weights.
+    base: a release folder or hub id whose other components make `out_dir` a release; they must fit the model.
     """
+    release = None if base is None else resolve_folder(base)
+    if release is not None:
+        read_index(release)  # an incomplete base fails here, before the long read
+
+    def fits(config: MotifVideoConfig | dict) -> None:
+        if release is not None:
+            check_fits(release, config)
+
     used_ema, step = False, None
+    exported = None if isinstance(model_or_checkpoint, nn.Module) else exported_folder(model_or_checkpoint)
     if isinstance(model_or_checkpoint, nn.Module):
         state, config = _from_model(model_or_checkpoint)
+        fits(config)
+    elif exported is not None:
+        fits(json.loads((exported / CONFIG_NAME).read_text()))
+        state, config = _from_model(MotifVideoTransformer.from_pretrained(exported, fuse_qkv=False))
     else:
         path = resolve_checkpoint(model_or_checkpoint)
-        state, config, used_ema, step = _from_checkpoint(path, use_ema, model_config, lora_alpha)
+        state, config, used_ema, step = _from_checkpoint(path, use_ema, model_config, lora_alpha, fits)
     model = _plain_model(state, config, dtype)
     out = Path(out_dir)
     if world()[0] != 0:  # an FSDP2 model is gathered on every rank (full_tensor is collective); rank 0 writes
         return ExportResult(out if base is None else out / "transformer", None if base is None else out, used_ema, step)
-    if base is None:
+    if release is None:
         save_transformer(model, out, max_shard_size=max_shard_size)
+        ordinary_modes(out)
         return ExportResult(out, None, used_ema, step)
-    write_release(out, base, lambda folder: save_transformer(model, folder, max_shard_size=max_shard_size))
+    copy_release(release, out, partial(save_transformer, model, max_shard_size=max_shard_size), model.config)
     return ExportResult(out / "transformer", out, used_ema, step)
 
 
@@ -95,6 +125,16 @@ def _from_model(model: nn.Module) -> tuple[dict[str, torch.Tensor], MotifVideoCo
         raise ValueError(f"cannot export a {type(model).__name__}: expected a MotifVideoTransformer (or a wrapper)")
     full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in model.state_dict().items()}
     return {k: v.detach().cpu() for k, v in model_state_dict_merged(model, full).items()}, config
+
+
+def exported_folder(path: str | os.PathLike) -> Path | None:
+    """An exported transformer folder (config.json beside the weights), or the `transformer/` of a folder holding one
+    (a run's `final/`, a release); None for anything else, such as a training checkpoint."""
+    path = Path(path)
+    for folder in (path, path / "transformer"):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    return None
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -120,7 +160,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def _from_checkpoint(
-    path: Path, use_ema: bool, model_config: Any, lora_alpha: float | None
+    path: Path, use_ema: bool, model_config: Any, lora_alpha: float | None, check: Callable[[Any], None]
 ) -> tuple[dict[str, torch.Tensor], MotifVideoConfig, bool, int | None]:
 
     trainer = json.loads((path / "trainer.json").read_text()) if (path / "trainer.json").is_file() else {}
@@ -131,6 +171,7 @@ def _from_checkpoint(
         raise ValueError(f"{path} holds no model weights (no 'model.*' entries): is it a motif-video checkpoint?")
     wrapped = "x_embedder.proj.weight" not in model_md and f"{WRAPPER_PREFIX}x_embedder.proj.weight" in model_md
     config = _resolve_config(model_config, trainer.get("model_config"), path)  # fail before the long read
+    check(config)
     scaling = _lora_scaling(lora_alpha, trainer.get("lora"))
     if scaling is None and any(".lora_" in k for k in model_md):
         raise ValueError(
@@ -211,81 +252,9 @@ def _plain_model(
     return model
 
 
-# ---------------------------------------------------------------------------------------------------- release
-
-
-def write_release(out: Path, base: str | os.PathLike, write_transformer: Any) -> Path:
-    """Copy every component of the release `base` except transformer/, call write_transformer(out/transformer),
-    then write `model_index.json` (naming the transformer as the official release does) last."""
-    from motif_video.pipeline.loading import INDEX, TRANSFORMER_CLASS, read_index, resolve_folder
-
-    folder = resolve_folder(base)
-    index = read_index(folder)
-    if out.exists() and out.resolve() == folder.resolve():
-        raise ValueError(f"--output {out} is the --base release itself: choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX).unlink(missing_ok=True)  # the folder is incomplete until the index is back
-    for entry in sorted(folder.iterdir()):
-        if entry.name in ("transformer", INDEX) or entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, out / entry.name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(entry, out / entry.name)
-    write_transformer(out / "transformer")
-    index["transformer"] = TRANSFORMER_CLASS
-    tmp = out / (INDEX + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / INDEX)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- command
-
-
-def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `export` to a CLI's subparsers; it runs `run_export_command`."""
-    cmd = subparsers.add_parser(
-        "export",
-        help="write a training checkpoint as the official transformer/ folder (or a whole release with --base)",
-        description="Read the model (EMA by default) weights of a training checkpoint and write config.json + "
-        "safetensors that MotifVideoTransformer and diffusers load. LoRA runs are merged.",
-    )
-    cmd.add_argument("--checkpoint", required=True, help="a run folder (its latest complete checkpoint) or a step-N/")
-    cmd.add_argument("--output", required=True, help="output folder (the transformer folder, or a release with --base)")
-    cmd.add_argument("--no-ema", action="store_true", help="export the trained weights instead of their EMA")
-    cmd.add_argument(
-        "--base", help="release folder or hub id to copy the other components (vae/, text_encoder/...) from"
-    )
-    cmd.add_argument(
-        "--model-config", help="the run's model: a preset name, a config.json, or a release/transformer folder"
-    )
-    cmd.add_argument("--lora-alpha", type=float, help="LoRA runs: the adapters' alpha (the rank if it was unset)")
-    cmd.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: as stored, float32)")
-    cmd.set_defaults(func=run_export_command)
-    return cmd
-
-
-def run_export_command(args: argparse.Namespace) -> int:
-    result = export_transformer(
-        args.checkpoint,
-        args.output,
-        use_ema=not args.no_ema,
-        model_config=args.model_config,
-        lora_alpha=args.lora_alpha,
-        base=args.base,
-        dtype=DTYPES[args.dtype] if args.dtype else None,
-    )
-    weights = "EMA" if result.used_ema else "model (no EMA)" if not args.no_ema else "model"
-    print(f"step {result.step}, {weights} weights -> {result.release_dir or result.transformer_dir}")
-    return 0
-
-
 __all__ = [
     "ExportResult",
-    "add_export_parser",
     "export_transformer",
+    "exported_folder",
     "resolve_checkpoint",
-    "run_export_command",
-    "write_release",
 ]

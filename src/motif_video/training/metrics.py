@@ -18,12 +18,13 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from motif_video import atomic
 from motif_video.training.flops import mfu as _mfu
 
 logger = logging.getLogger(__name__)
@@ -95,9 +96,7 @@ def truncate_jsonl(path: str | Path, resume_step: int) -> int:
             continue  # a line cut short by a crash
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= resume_step:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(line + "\n" for line in kept))
     return len(kept)
 
 
@@ -205,6 +204,48 @@ def _import_wandb() -> Any:
     return wandb
 
 
+StepFlops = Callable[[tuple[int, ...], int, int, Any], float]
+"""(latents shape, text length, image-token length, TREAD route config) -> FLOPs of one training step on that batch."""
+
+
+class RateWindow:
+    """Counts between two log rows (samples, video tokens, FLOPs, TREAD keep ratio, I2V share, wall time), and the
+    rate fields they give the next row."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.steps = self.samples = self.tokens = 0
+        self.flops = 0.0
+        self.keep: list[float] = []
+        self.i2v: list[float] = []
+
+    def add(self, counts: Mapping[str, Any], step_flops: StepFlops | None, route: Any) -> None:
+        """counts: a training step's (`trainer.StepOutput.counts`)."""
+        self.steps += 1
+        self.samples += counts["samples"]
+        self.tokens += counts["tokens"]
+        self.i2v.append(counts["i2v"])
+        if "tread_keep" in counts:
+            self.keep.append(counts["tread_keep"])
+        if step_flops is not None:
+            self.flops += step_flops(counts["shape"], counts["text_len"], counts["image_len"], route)
+
+    def rates(self, now: float, world_size: int, peak: float | None) -> dict[str, float]:
+        seconds = max(now - self.started, 1e-9)
+        out = {
+            "samples_per_s": world_size * self.samples / seconds,
+            "tokens_per_s": world_size * self.tokens / seconds,
+            "i2v_fraction": sum(self.i2v) / max(len(self.i2v), 1),
+        }
+        if self.keep:
+            out["tread_keep"] = sum(self.keep) / len(self.keep)
+        if self.flops:
+            out["tflops_per_device"] = self.flops / seconds / 1e12
+            if peak:
+                out["mfu"] = self.flops / seconds / peak
+        return out
+
+
 def throughput(
     num_tokens: int, num_samples: int, seconds: float, flops: float | None = None, peak: float | None = None
 ) -> dict[str, float]:
@@ -221,4 +262,4 @@ def throughput(
     return rates
 
 
-__all__ = ["JSONL_NAME", "MetricsWriter", "format_line", "throughput", "truncate_jsonl"]
+__all__ = ["JSONL_NAME", "MetricsWriter", "RateWindow", "StepFlops", "format_line", "throughput", "truncate_jsonl"]

@@ -1,14 +1,12 @@
 """The training objective: rectified flow with joint T2V / I2V conditioning (Motif-Video report, section 4).
 
-One time convention (style guide): t in [0, 1], t = 1 is noise,
-    x_t = (1 - t) x0 + t eps,        target v = eps - x0,
-and the model sees t on the 0..1000 scale (`motif_video.pipeline.schedule.to_model_timestep`).
+The time convention is `core.flow`'s: t in [0, 1], t = 1 is noise, x_t = (1 - t) x0 + t eps, target v = eps - x0.
 
 Timesteps (the report does not say; configurable): logit-normal (SD3, arXiv 2403.03206 sec. 3.1) with a static
 shift s*t / (1 + (s-1)*t) (the same map as the sampler's shift), or uniform. `uniform_share` p > 0 mixes the two:
 each sample's t is uniform with probability p, else logit-normal (then the shift, for both). A logit-normal centred
-at high noise (where a small model learns its words) almost never trains the last sampling steps (logit-normal(1,
-1.2): t < 0.1 in 0.4% of draws); a uniform share keeps every t in the training signal.
+at high noise almost never trains the last sampling steps (logit-normal(1, 1.2): t < 0.1 in 0.4% of draws); a
+uniform share keeps every t in the training signal.
 
 Joint T2V / I2V: a clip is trained as I2V with probability `i2v_ratio`: channels 17..32 hold the clean first-frame
 latent at latent frame 0 and channel 33 the mask (as at inference); otherwise all 17 are zero. Images (one latent
@@ -19,8 +17,7 @@ first-frame latent is Gaussian-blurred in space with std = blur_max * t^blur_pow
 sample is conditioned on a coarser first frame and a nearly clean one on the exact frame. blur_max = 0 turns it
 off. Prompt dropout (0.1) replaces the text with the null (empty-prompt) encoding, for guidance at inference.
 `i2v_prompt_dropout` (default: the same 0.1) drops the prompt of I2V samples at its own rate, for a model that
-should learn appearance from the first frame rather than from a caption naming every colour and shape. Measured on
-the small model (README): 0.5 for 2,000 fine-tuning steps changed no score.
+should learn appearance from the first frame rather than from a caption naming every colour and shape.
 
 Frame-correlated noise (off by default; the official model uses independent noise) -- OUR CHOICE for small models:
 `noise_correlation` rho > 0 draws eps as sqrt(rho) * shared + sqrt(1 - rho) * independent, one shared draw for all
@@ -34,7 +31,7 @@ and D_s between neighbouring latent pixels (rows and columns, averaged). Any fix
 of e has the same minimiser E[v | x_t, c] as the plain MSE, so, unlike a data-dependent weight, it does not bias
 the model; it only re-weights WHICH errors the gradient sees: temporal differences carry motion (under
 frame-correlated noise the target's own frame differences are almost noise-free), spatial differences carry edges
-(shape). A small model otherwise learns those last: they move few latent values.
+(shape).
 """
 
 from __future__ import annotations
@@ -194,8 +191,16 @@ def drop_prompts(
 
     text: (B, L, D), mask: (B, L); null_text: (L0, D), null_mask: (L0,) -> padded to max(L, L0).
     """
-    b, length, _ = text.shape
-    drop = draw_prompt_drop(b, config, generator, i2v).to(text.device)
+    drop = draw_prompt_drop(text.shape[0], config, generator, i2v)
+    return apply_prompt_drop(text, mask, null_text, null_mask, drop)
+
+
+def apply_prompt_drop(
+    text: torch.Tensor, mask: torch.Tensor, null_text: torch.Tensor, null_mask: torch.Tensor, drop: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples `drop` (B,) bool marks get the null encoding; shapes as `drop_prompts`."""
+    length = text.shape[1]
+    drop = drop.to(text.device)
     if not bool(drop.any()):
         return text, mask
     total = max(length, null_text.shape[0])

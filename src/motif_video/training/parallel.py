@@ -1,7 +1,12 @@
 """Apply activation checkpointing, per-block `torch.compile` and FSDP2 to the transformer, from OUTSIDE the model.
 
 One function, one fixed order (torchtitan's): activation checkpointing -> per-block compile -> `fully_shard`
-each block -> `fully_shard` the root last. The model itself stays plain PyTorch.
+each block -> `fully_shard` the root last. The model itself stays plain PyTorch: it has no checkpointing switch.
+
+Activation checkpointing swaps each block's class for a `Recomputed` subclass (as `fully_shard` swaps in an
+`FSDP` subclass) rather than nesting the block in a wrapper module, so module names, parameter names and
+state-dict keys are unchanged (EMA, optimizer groups and checkpoints are keyed by them), and the block's whole
+call, its hooks included (FSDP2's unshard, block offload), is what the backward recomputes.
 
 Mixed precision (report: bf16 compute, fp32 optimizer state and reductions): parameters are kept in fp32 (the
 master weights the optimizer updates); FSDP2 casts them to `param_dtype` for compute and reduces gradients in
@@ -12,10 +17,12 @@ master weights the optimizer updates); FSDP2 casts them to `param_dtype` for com
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,35 @@ def world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+class Recomputed:
+    """Mixin of a checkpointed block: with grad on, its call runs under `torch.utils.checkpoint` (non-reentrant),
+    so the backward recomputes its activations instead of keeping them."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return super().__call__(*args, **kwargs)
+        return checkpoint(super().__call__, *args, use_reentrant=False, **kwargs)
+
+
+_RECOMPUTED: dict[type, type] = {}  # block class -> its Recomputed subclass
+
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    """Checkpoint each of `model.blocks` in place (names and keys unchanged; applying it twice is a no-op)."""
+    for block in model.blocks:
+        cls = type(block)
+        if issubclass(cls, Recomputed):
+            continue
+        if cls not in _RECOMPUTED:
+            _RECOMPUTED[cls] = type(f"Recomputed{cls.__name__}", (Recomputed, cls), {})
+        block.__class__ = _RECOMPUTED[cls]
+    return model
+
+
 def parallelize(model: nn.Module, config: ParallelConfig, device_type: str = "cuda") -> nn.Module:
     """Checkpointing, compile and FSDP2 in the fixed order; returns the same (now sharded) model."""
     if config.activation_checkpointing:
-        model.enable_gradient_checkpointing()
+        apply_activation_checkpointing(model)
     if config.compile_blocks:
         for block in model.blocks:
             block.compile()

@@ -11,19 +11,11 @@ REPA off from stage 4; its layer, projector and weight are unpublished, so REPA'
 - Loss: per-token cosine similarity of L2-normalised features, computed in float32. OUR SIGN: mean(1 - cos)
   rather than REPA's mean(-cos); they differ by the constant 1, so gradients are identical, and ours reads 0 when
   aligned, 1 when orthogonal, 2 when opposite. Weight 0.5 on top of the flow loss.
-- Targets on the latent token grid (F' = (F-1)/4 + 1, H/16, W/16), flattened t-h-w like the transformer's tokens
-  (`resample_to_latent_grid`), then gathered with the TREAD route's keep indices when the tap lies inside the
-  routed span (`tap_keep`, `gather_like_route`). With `feature_source="shards"` the targets were precomputed on
-  the latent grid (tensor key `teacher`, (N, D_t), `motif_video.core.shards`) and only the gather is left.
-
-Resampling (OUR CHOICE, separable per axis): where an axis shrinks, each output cell is the mean of the input
-cells it covers (adaptive average pooling: exact box averages for integer ratios, e.g. the 4 frames of a VAE
-group or 2 x 2 patches); where it grows, linear interpolation between cell centres (align_corners=False; a linear
-field is reproduced exactly in the interior, edge cells are held constant). Time is CAUSAL by default, like the
-video VAE: teacher step 0 maps to latent frame 0 alone and the remaining steps are resampled onto the remaining
-latent frames, so F = 4K + 1 frames encoded per frame by DINOv2 give latent frame k = mean of frames 4k-3..4k
-exactly, and V-JEPA 2 tubelets (see `teachers.py`) give the mean of the two tubelets of that group.
-Images: T_t = F' = 1, only space is resampled.
+- Targets on the latent token grid, resampled there by `core.teachers` (`resample_to_latent_grid`, whose
+  docstring gives the per-axis rule), then gathered with the TREAD route's keep indices when the tap lies inside
+  the routed span (`tap_keep`, `core.teachers.gather_like_route`). With `feature_source="shards"` the targets were
+  precomputed on the latent grid (tensor key `teacher`, (N, D_t), `motif_video.core.shards`) and only the gather
+  is left.
 """
 
 from __future__ import annotations
@@ -35,12 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from motif_video.core.teachers import DEFAULT_TEACHER_IDS, Grid, Teacher, TeacherKind
-from motif_video.models.routing import TokenRoute, gather_tokens
+from motif_video.core.teachers import DEFAULT_TEACHER_IDS, TeacherKind, teacher_options
+from motif_video.models.routing import TokenRoute
 
 FeatureSource = Literal["online", "shards"]
-VAE_TEMPORAL_STRIDE = 4  # Wan VAE: 4x in time (causal: frame 0 alone)
-TOKEN_SPATIAL_STRIDE = 16  # VAE 8x in space x patch 2
 
 
 @dataclass
@@ -72,10 +62,7 @@ class REPAConfig:
 
     def teacher_options(self) -> dict[str, int]:
         """Keyword arguments for `load_teacher`."""
-        options = {"frame_stride": self.teacher_frame_stride}
-        if self.teacher == "dinov2":
-            options["input_size"] = self.teacher_input_size
-        return options
+        return teacher_options(self.teacher, self.teacher_frame_stride, self.teacher_input_size)
 
     def active(self, step: int) -> bool:
         return self.enabled and (self.stop_step is None or step < self.stop_step)
@@ -123,59 +110,6 @@ def repa_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor |
     return (distance * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def latent_token_grid(num_frames: int, height: int, width: int) -> Grid:
-    """The transformer's token grid (F', H/16, W/16) for a clip of F = 4K + 1 frames (or one image)."""
-    if (num_frames - 1) % VAE_TEMPORAL_STRIDE or height % TOKEN_SPATIAL_STRIDE or width % TOKEN_SPATIAL_STRIDE:
-        raise ValueError(
-            f"clip ({num_frames}, {height}, {width}) needs F = 4K + 1 frames and H, W multiples of "
-            f"{TOKEN_SPATIAL_STRIDE}"
-        )
-    return (
-        (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1,
-        height // TOKEN_SPATIAL_STRIDE,
-        width // TOKEN_SPATIAL_STRIDE,
-    )
-
-
-def _resize_axis(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Resize axis `dim` of x to `size` cells: box means where it shrinks, linear (cell centres) where it grows."""
-    length = x.shape[dim]
-    if length == size:
-        return x
-    moved = x.movedim(dim, -1)
-    flat = moved.reshape(-1, 1, length)  # (M, 1, L)
-    if size < length:
-        flat = F.adaptive_avg_pool1d(flat, size)
-    else:
-        flat = F.interpolate(flat, size=size, mode="linear", align_corners=False)
-    return flat.reshape(*moved.shape[:-1], size).movedim(-1, dim)
-
-
-def resample_to_latent_grid(
-    features: torch.Tensor, grid: Grid, latent_grid: Grid, *, causal_time: bool = True
-) -> torch.Tensor:
-    """features: (B, T_t*H_t*W_t, D) on grid (T_t, H_t, W_t) -> (B, F'*h*w, D) on latent_grid, both t-h-w.
-
-    causal_time: step 0 <-> latent frame 0, the rest onto the rest (module docstring); False: uniform cells.
-    """
-    b, n, d = features.shape
-    if n != grid[0] * grid[1] * grid[2]:
-        raise ValueError(f"teacher features have {n} tokens but grid {grid} has {grid[0] * grid[1] * grid[2]}")
-    if tuple(grid) == tuple(latent_grid):
-        return features
-    x = features.float().reshape(b, *grid, d)  # (B, T, H, W, D)
-    frames = latent_grid[0]
-    if causal_time and frames > 1 and x.shape[1] > 1:
-        rest = _resize_axis(x[:, 1:], frames - 1, dim=1)
-        x = torch.cat((x[:, :1], rest), dim=1)
-    elif causal_time and frames == 1:
-        x = x[:, :1]  # latent frame 0 is the first frame alone
-    else:
-        x = _resize_axis(x, frames, dim=1)
-    x = _resize_axis(_resize_axis(x, latent_grid[1], dim=2), latent_grid[2], dim=3)
-    return x.reshape(b, -1, d).to(features.dtype)
-
-
 def tap_keep(route: TokenRoute | None, tap_block: int) -> torch.Tensor | None:
     """The route's keep indices (B, K) if the tapped features are gathered, else None.
 
@@ -187,28 +121,4 @@ def tap_keep(route: TokenRoute | None, tap_block: int) -> torch.Tensor | None:
     return None
 
 
-def gather_like_route(features: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """features: (B, N, D); keep: (B, K) or None -> (B, K, D) (or features unchanged)."""
-    if keep is None:
-        return features
-    return gather_tokens(features, keep.to(features.device))
-
-
-def teacher_targets(
-    teacher: Teacher, video: torch.Tensor, latent_grid: Grid, keep: torch.Tensor | None = None
-) -> torch.Tensor:
-    """video: (B, 3, F, H, W) in [-1, 1] -> REPA targets (B, N or K, D_t) on the latent grid, routed like the tap."""
-    features, grid = teacher.encode(video)
-    return gather_like_route(resample_to_latent_grid(features, grid, latent_grid), keep)
-
-
-__all__ = [
-    "REPAConfig",
-    "REPAProjector",
-    "gather_like_route",
-    "latent_token_grid",
-    "repa_loss",
-    "resample_to_latent_grid",
-    "tap_keep",
-    "teacher_targets",
-]
+__all__ = ["REPAConfig", "REPAProjector", "repa_loss", "tap_keep"]

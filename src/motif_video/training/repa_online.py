@@ -1,7 +1,7 @@
 """Online REPA targets: decode the clean training latents with the VAE and encode the pixels with the teacher.
 
 Shards hold VAE latents, not pixels, so an online teacher needs the clip back: `OnlineTargets(vae, teacher)` maps
-clean normalised latents (B, 16, F', h, w) to targets (B, F'*h*w, D_t) on the latent token grid (`repa.py`).
+clean normalised latents (B, 16, F', h, w) to targets (B, F'*h*w, D_t) on the latent token grid (`core.teachers`).
 Precomputing them once in `motif-video prepare --teacher ...` (`feature_source="shards"`) is cheaper when a
 data set is seen for more than one epoch; online targets follow the exact clip the VAE reconstructs.
 """
@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from motif_video.core.latent_space import denormalize_latents
-from motif_video.core.teachers import Teacher
-from motif_video.training.repa import TOKEN_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, teacher_targets
+from motif_video.core.teachers import TOKEN_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, Teacher, teacher_targets
 
 
 class OnlineTargets:

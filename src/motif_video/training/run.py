@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from motif_video import atomic
 from motif_video.core.shard_reader import ShardReader, decode_sample, read_tar, resolve_shards
 from motif_video.core.shards import NULL_TEXT_FILE, complete_shards, parse_bucket
 from motif_video.models.config import MotifVideoConfig, get_preset
@@ -108,37 +109,38 @@ def run_recipe(
     *,
     device: str | torch.device = "auto",
     resume: bool = True,
-    stop_after: int | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step_end: Callable[[int, dict[str, Any] | None], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every unfinished stage; returns the log rows of this call (global step numbers).
+    """Run every unfinished stage; returns the log rows of this call (global step numbers, on rank 0).
 
-    stop_after: end this call after that many optimizer steps in all (a simulated kill, for tests)."""
+    on_log / on_step_end: `trainer.train`'s callbacks, with global step numbers and the stage's name in the rows."""
     run_dir = Path(run_dir)
     rank, world_size = world()
     device = _device(device)
     _write_recipe(recipe, run_dir, rank, resume)
     rows: list[dict[str, Any]] = []
-    offset = 0
-    left = stop_after
     for index, stage in enumerate(recipe.stages):
-        begin = offset
-        offset += stage.steps
         if stage_final(run_dir, index, stage) is not None:
             continue
+        begin = sum(earlier.steps for earlier in recipe.stages[:index])  # global step = begin + the stage's step
         model, ema_init = _stage_model(recipe, run_dir, index, device)
         reader = _reader(recipe, run_dir, index, stage, model.config.text_embed_dim, rank, world_size)
         config = _train_config(recipe, index, stage)
         teacher = _online_teacher(recipe, stage, model, device)
         logger.info("stage %d/%d %s: %d steps", index + 1, len(recipe.stages), stage.name, stage.steps)
 
-        def log(row: dict[str, Any], begin: int = begin, name: str = stage.name) -> None:
-            row = {**row, "step": row["step"] + begin, "stage": name}
-            rows.append(row)
-            if on_log is not None:
-                on_log(row)
+        def globally(row: dict[str, Any], begin: int = begin, name: str = stage.name) -> dict[str, Any]:
+            return {**row, "step": row["step"] + begin, "stage": name}
 
-        ran = [0]
+        def log(row: dict[str, Any], globally: Callable = globally) -> None:
+            rows.append(globally(row))
+            if on_log is not None:
+                on_log(rows[-1])
+
+        def step_end(step: int, row: dict[str, Any] | None, globally: Callable = globally, begin: int = begin) -> None:
+            on_step_end(begin + step, None if row is None else globally(row))
+
         train(
             config,
             model,
@@ -146,28 +148,21 @@ def run_recipe(
             stage_dir(run_dir, index, stage),
             null_text=_null_text(recipe, stage),
             resume=resume,
-            stop_after=left,
             on_log=log,
+            on_step_end=None if on_step_end is None else step_end,
             teacher=teacher,
             ema_init=ema_init,
-            on_step=lambda _step, ran=ran: ran.__setitem__(0, ran[0] + 1),
             extra_state={"model_config": unwrap(model).config.to_dict(), "lora": recipe.lora, "stage": stage.name},
             step_flops=step_flops_fn(model.config),  # model FLOPs (no recompute), the MFU convention
             peak_flops=peak_flops_for(device),
         )
-        if left is not None:
-            left -= ran[0]
-            if stage_final(run_dir, index, stage) is None or left <= 0:
-                return rows
     return rows
 
 
 def _device(device: str | torch.device) -> torch.device:
     if str(device) != "auto":
         return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _write_recipe(recipe: Recipe, run_dir: Path, rank: int, resume: bool) -> None:
@@ -188,9 +183,7 @@ def _write_recipe(recipe: Recipe, run_dir: Path, rank: int, resume: bool) -> Non
             logger.info("the recipe extends the run in %s (%d stage(s) appended)", run_dir, added)
     if (not path.is_file() or not resume or extends) and rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-        tmp.replace(path)
+        atomic.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
     if is_distributed():
         dist.barrier()
 

@@ -2,7 +2,7 @@
 
 The official model keeps its T5Gemma2 encoder frozen: it was pre-trained on language. A model trained from scratch
 on a small vocabulary has no such encoder, and a frozen RANDOM one binds a word to its object only through its
-sliding window (see `small_model.text_encoder`). A recipe can therefore name the encoder (`Recipe.text_encoder`,
+sliding window. A recipe can therefore name the encoder (`Recipe.text_encoder`,
 a release folder or its `text_encoder/`) and let stages train it with the transformer
 (`Stage.train_text_encoder`); stages that do not train it still encode every caption with the current weights, so
 no shard's stored `text` can go stale. The vision tower and its projector always stay frozen (the shards' SigLIP
@@ -12,12 +12,6 @@ image tokens stay valid).
 start (both post-norm gains zero: Gemma's norms scale by 1 + w and w = -1), so a release keeps producing what it
 produced, and the new layers can learn to pass an object's role (first / second, which side of a relation) along
 the whole caption, which a sliding window of a few words cannot. The encoder's final norm is unchanged.
-
-Measured on the small model (2,000-step fine-tunes of `runs/cen` on mostly two-object clips, `ablate_small_model.py
---from-release`): tuning the encoder with two added layers at text lr 3e-3 / 1e-2 scored held-out T2V 52.9% / 53.8%
-against 55.0% without it, with the same binding (`attribute_binding.py`); its embeddings moved (RMS 0.04 / 0.07 of
-entries of std 0.125) but the added layers' gains stayed within a few hundredths of closed, as their random inner
-weights give no useful signal until the gates open.
 
 `export_text_encoder` writes the trained encoder (its EMA where the checkpoint has one) as a transformers folder
 that the pipeline loads like any other `text_encoder/`.

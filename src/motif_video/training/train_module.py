@@ -2,8 +2,9 @@
 
 REPA (sihyun-yu/REPA) keeps the projector with the model and RETURNS the tapped features from `forward`: here
 `TrainModule.forward` runs the transformer with `repa_block` and returns the projected features next to the
-velocity, so under FSDP2 the projector is one more parameter of the root module (sharded, reduced and
-checkpointed with everything else) and no hook fires twice under activation recomputation.
+velocity, in the transformer's own output type (the trainer reads one result type either way). Under FSDP2 the
+projector is one more parameter of the root module (sharded, reduced and checkpointed with everything else), and
+no hook fires twice under activation recomputation.
 
 With a tuned text encoder (`training.text_tuning`) the module also holds the T5Gemma2 encoder and its tokenizer:
 `forward(prompt_ids=..., prompt_mask=...)` encodes the captions inside the step, so the encoder is trained,
@@ -21,10 +22,11 @@ import torch
 from torch import nn
 
 from motif_video.models.config import MotifVideoConfig
+from motif_video.models.transformer import MotifVideoTransformerOutput
 
 
 class TrainModule(nn.Module):
-    """transformer + optional REPA projector; `blocks`, `config` and checkpointing switches delegate."""
+    """transformer + optional REPA projector; `blocks` and `config` delegate."""
 
     def __init__(
         self,
@@ -59,12 +61,6 @@ class TrainModule(nn.Module):
     def blocks(self) -> list[nn.Module]:
         return self.transformer.blocks
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.transformer.enable_gradient_checkpointing()
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.transformer.disable_gradient_checkpointing()
-
     def forward(
         self,
         *,
@@ -72,8 +68,8 @@ class TrainModule(nn.Module):
         prompt_ids: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """-> (velocity (B, C, F, H, W), projected REPA features (B, N or K, D_teacher) or None).
+    ) -> MotifVideoTransformerOutput:
+        """-> sample: velocity (B, C, F, H, W); repa_features: projected (B, N or K, D_teacher) or None.
 
         prompt_ids / prompt_mask (B, L): tokenized captions, encoded here by the text encoder (instead of
         `encoder_hidden_states` / `encoder_attention_mask`)."""
@@ -88,7 +84,7 @@ class TrainModule(nn.Module):
         features = out.repa_features
         if features is not None:
             features = self.repa_projector(features)
-        return out.sample, features
+        return MotifVideoTransformerOutput(out.sample, features)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
