@@ -252,6 +252,28 @@ def test_fp8_weight_only_on_cpu(preset, fused):
     assert_close_scaled(actual, expected, rel=0.1)
 
 
+@pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed (pip install torchao)")
+def test_offload_moves_the_inner_tensors_of_fp8_weights():
+    """The offloader moves a weight by swapping `.data`; for torchao's Float8Tensor that alone leaves the inner
+    float8 data behind (seen on an H200: FP8 + block offload kept the weights on the CPU). Checked here by moving
+    to a fresh copy on the CPU: the weight must then hold the copy's inner tensors."""
+    from motif_video.pipeline.offload import _set_data
+
+    if not is_fp8_available("cpu"):
+        pytest.skip("this torch/torchao build cannot store float8 tensors on CPU")
+    layer = nn.Sequential(nn.Linear(32, 32))
+    assert quantize_fp8_weight_only(layer, blocks=[layer]) == 1
+    weight = layer[0].weight
+    inner = weight.__tensor_flatten__()[0]
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        expected = layer(x)
+        moved = weight.detach().clone()
+        _set_data(weight, moved)
+        assert all(getattr(weight, name) is getattr(moved, name) for name in inner)
+        assert torch.equal(layer(x), expected)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # CUDA
 # ----------------------------------------------------------------------------------------------------------

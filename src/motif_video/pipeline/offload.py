@@ -73,6 +73,12 @@ def _set_data(tensor: torch.Tensor, value: torch.Tensor) -> None:
             f"cannot move a {type(tensor).__name__} from {tensor.device} to {value.device} by swapping `.data` "
             "(offloading supports dense tensors on cpu/cuda/xpu/mps)"
         ) from error
+    # A wrapper subclass (torchao's Float8Tensor) keeps its data in inner tensors that a `.data` swap leaves
+    # behind: without this, FP8 weights under block offload stayed on the CPU and the first matmul failed on CUDA.
+    flatten = getattr(value, "__tensor_flatten__", None)
+    if flatten is not None:
+        for name in flatten()[0]:
+            setattr(tensor, name, getattr(value, name))
 
 
 def _cpu_master(tensor: torch.Tensor, pin: bool) -> tuple[torch.Tensor, bool]:
