@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from motif_video.serving.errors import ApiError
 
 
-def bearer_check(api_key: str | None):  # -> a FastAPI dependency
+def bearer_check(api_key: str | None) -> Callable[[Request], None]:
     """A dependency that refuses requests without the key (nothing when the service has no key)."""
     expected = None if api_key is None else api_key.encode()
 
