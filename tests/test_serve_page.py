@@ -46,11 +46,15 @@ return {ready: video.readyState, duration: video.duration, error: video.error &&
 """
 
 
-def test_the_page_submits_a_prompt_and_plays_the_video(tmp_path, small_model_backend, browser):
+@pytest.mark.parametrize("api_key", [None, "s3cret"], ids=["open", "with-api-key"])
+def test_the_page_submits_a_prompt_and_plays_the_video(tmp_path, small_model_backend, browser, api_key):
     from selenium.webdriver.common.by import By
 
-    with running_service(tmp_path / "data", small_model_backend) as (url, service):
+    with running_service(tmp_path / "data", small_model_backend, api_key=api_key) as (url, service):
         browser.get(url + "/")
+        if api_key is not None:  # the page shows the key field once the API answers 401
+            field = wait_for(lambda: (f := browser.find_element(By.ID, "api_key")).is_displayed() and f, 10)
+            field.send_keys(api_key)
         browser.find_element(By.ID, "prompt").send_keys(PROMPT)
         browser.find_element(By.ID, "steps").send_keys("4")
         browser.find_element(By.ID, "submit").click()
@@ -64,6 +68,11 @@ def test_the_page_submits_a_prompt_and_plays_the_video(tmp_path, small_model_bac
         assert video["error"] is None and (video["width"], video["height"]) == (64, 64)
         assert video["duration"] == pytest.approx(17 / 8, abs=0.2)
         [job_id] = service.store.ids()
-        assert video["src"].endswith(f"/v1/videos/{job_id}/content")
+        # without a key the element streams the content route; with one, the page fetches it with the header
+        assert (
+            video["src"].endswith(f"/v1/videos/{job_id}/content")
+            if api_key is None
+            else video["src"].startswith("blob:")
+        )
         listed = browser.find_elements(By.CSS_SELECTOR, "#jobs .job")
         assert len(listed) == 1 and PROMPT in listed[0].text and "completed" in listed[0].text
