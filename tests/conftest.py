@@ -1,5 +1,21 @@
-"""Fixtures for the product tests (the helpers themselves live in model_helpers.py)."""
+"""Fixtures for the product tests (the helpers themselves live in model_helpers.py and serve_helpers.py)."""
+
+import pytest
 
 from model_helpers import tiny_config
 
-__all__ = ["tiny_config"]
+__all__ = ["small_model_backend", "tiny_config"]
+
+
+@pytest.fixture(scope="session")
+def small_model_backend():
+    """`motif-video serve`'s backend over the shipped small model on the CPU, loaded once for all serve tests."""
+    from motif_video.cli.generate import GenerateSettings
+    from motif_video.cli.serve import GenerateBackend
+    from motif_video.core.release import small_model_dir
+    from motif_video.pipeline.settings import GenerationSettings
+
+    base = GenerateSettings(prompts=["-"], model=str(small_model_dir()), generation=GenerationSettings(), device="cpu")
+    backend = GenerateBackend(base)
+    backend.load()
+    return backend

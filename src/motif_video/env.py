@@ -11,6 +11,12 @@ def attention_backend_from_env() -> str | None:
     return value or None
 
 
+def serve_api_key_from_env() -> str | None:
+    """`MOTIF_VIDEO_API_KEY`: the bearer token `motif-video serve` asks of clients when `--api-key` is not given."""
+    value = os.environ.get("MOTIF_VIDEO_API_KEY", "").strip()
+    return value or None
+
+
 def torchrun_env() -> tuple[int, int, int]:
     """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them; (0, 1, 0) outside torchrun."""
 

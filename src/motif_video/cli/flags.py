@@ -11,9 +11,14 @@ from typing import Any
 # A settings dataclass field becomes a flag when its metadata has "help" (`pipeline.settings.option`): named
 # --field-name (or metadata "flag"), typed and defaulted by the field; bools are switches, lists repeat, metadata
 # "choices" and "group" (mutually exclusive) pass to argparse; a nested settings dataclass adds its own flags.
-def add_settings_flags(parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any]) -> None:
+# `skip`: field names that get no flag (a command that sets them itself).
+def add_settings_flags(
+    parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any], skip: tuple[str, ...] = ()
+) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         if dataclasses.is_dataclass(hints[f.name]):
             add_settings_flags(parser, hints[f.name], groups)
             continue

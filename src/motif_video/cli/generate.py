@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,11 @@ def output_paths(output: str, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(count)]
 
 
-def generate(settings: GenerateSettings, pipe: Any | None = None) -> list[Path]:
-    """Run `settings`; returns the written video paths (each with a settings JSON beside it)."""
+def generate(
+    settings: GenerateSettings, pipe: Any | None = None, on_step: Callable[[int], None] | None = None
+) -> list[Path]:
+    """Run `settings`; returns the written video paths (each with a settings JSON beside it). `on_step(done)` is
+    called after each denoising step with the number of steps done; an exception it raises stops the run."""
     from motif_video.core.run_record import record_path_for, write_run_record
     from motif_video.core.video_io import export_video
 
@@ -201,7 +205,10 @@ def generate(settings: GenerateSettings, pipe: Any | None = None) -> list[Path]:
     pipe = pipe if pipe is not None else build_pipeline(settings)
     loaded = time.perf_counter()
     warn_unknown_words(pipe.tokenizer, settings.prompts)
-    frames = pipe.generate(settings.prompts, settings.generation, image=settings.image, output_type="np").frames
+    step_end = None if on_step is None else lambda _pipe, i, _t, _tensors: on_step(i + 1) or {}
+    frames = pipe.generate(
+        settings.prompts, settings.generation, image=settings.image, output_type="np", callback_on_step_end=step_end
+    ).frames
     done = time.perf_counter()
 
     resolved = pipe.last_call  # every sampling argument as the pipeline resolved it

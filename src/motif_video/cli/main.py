@@ -10,6 +10,7 @@ from motif_video.cli.forward import add_forward_parser
 from motif_video.cli.generate import add_generate_parser
 from motif_video.cli.plan import add_plan_parser
 from motif_video.cli.prepare import add_prepare_parser
+from motif_video.cli.serve import add_serve_parser
 from motif_video.cli.train import add_train_parser
 from motif_video.models.checkpoint_io import CheckpointError
 
@@ -21,6 +22,7 @@ SUBCOMMANDS = (
     add_plan_parser,
     add_train_parser,
     add_export_parser,
+    add_serve_parser,
 )
 
 
