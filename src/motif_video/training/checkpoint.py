@@ -10,12 +10,13 @@ What is saved: model and EMA weights and the optimizer state through DCP (sharde
 shards, and a checkpoint saved by N ranks loads on M); the LR-scheduler state, the step and the run config
 (rank 0, JSON); per rank, its RNG states and data-reader position (`rank-XXXXX.pt`, tensors and plain values
 only, loaded with `weights_only=True`). Order: DCP save -> per-rank files -> barrier -> rank 0 writes
-COMPLETE, renames `.partial` to the final name and updates `latest`.
+COMPLETE, renames `.partial` to the final name and updates `latest`; an interrupted save removes its `.partial`.
+Reading never runs a pickle from the folder (`dcp_reader`: an allow-list unpickler for DCP's metadata, weights-only
+decoding of everything else).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -34,7 +35,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from motif_video import atomic
+from motif_video import atomic, safe_read
+from motif_video.training import dcp_reader
 from motif_video.training.parallel import world
 
 # DCP warns "torch.distributed is disabled ... assuming the intent is to save/load in a single process": it is.
@@ -58,8 +60,11 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     directory = Path(directory)
     pointer = directory / LATEST
     if pointer.is_file():
-        candidate = directory / pointer.read_text().strip()
-        if (candidate / COMPLETE).is_file():
+        try:
+            candidate = safe_read.inside(directory, safe_read.read_text(pointer, "checkpoint pointer", 4096).strip())
+        except ValueError:
+            candidate = None  # a damaged pointer: fall back to the folders themselves
+        if candidate is not None and (candidate / COMPLETE).is_file():
             return candidate
     complete = sorted(p.parent for p in directory.glob(f"step-*/{COMPLETE}"))
     return complete[-1] if complete else None
@@ -91,6 +96,29 @@ def save_checkpoint(
         if partial.exists():
             shutil.rmtree(partial)
     _barrier()
+    try:
+        _write(partial, final, directory, step, model, optimizer, ema, trainer_state, rank_state, keep, rank)
+    except BaseException:  # killed or failed while writing: leave no half checkpoint behind
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _barrier()
+    return final
+
+
+def _write(
+    partial: Path,
+    final: Path,
+    directory: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None,
+    trainer_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    keep: int,
+    rank: int,
+) -> None:
     state: dict[str, Any] = {
         "model": get_model_state_dict(model),
         "optimizer": get_optimizer_state_dict(model, optimizer),
@@ -109,8 +137,6 @@ def save_checkpoint(
         os.replace(partial, final)
         atomic.write_text(directory / LATEST, final.name + "\n")
         _prune(directory, keep)
-    _barrier()
-    return final
 
 
 def _prune(directory: Path, keep: int) -> None:
@@ -136,30 +162,35 @@ def load_checkpoint(
     }
     if ema is not None:
         state["ema"] = ema  # loaded in place
-    dcp.load(state, checkpoint_id=str(path))
-    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    trainer_state = json.loads((path / "trainer.json").read_text())
+    trainer_state = read_trainer_state(path)  # the small files first: a damaged one fails before the long read
     rank_file = path / f"rank-{rank:05d}.pt"
     if not rank_file.is_file():
         raise ValueError(f"{path} was saved with fewer ranks (no {rank_file.name}); resume with the same world size")
-    rank_state = torch.load(rank_file, weights_only=True)
+    rank_state = dcp_reader.load_rank_file(rank_file)
+    dcp_reader.load(state, path)
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
     return trainer_state, rank_state
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's `trainer.json` (step, scheduler, config, ...), bounded and checked to hold an integer step."""
+    state = safe_read.read_json(Path(path) / "trainer.json", "checkpoint state")
+    if isinstance(state.get("step"), bool) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise ValueError(f"{Path(path) / 'trainer.json'} has no valid step")
+    return state
 
 
 def stored_tensors(path: str | Path) -> dict[str, Any]:
     """A DCP checkpoint's entries, read from its metadata alone: "model.<name>" / "ema.<name>" -> tensor metadata
     (`.size`, `.properties.dtype`)."""
-    return dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return dcp_reader.read_metadata(path).state_dict_metadata
 
 
 def read_tensors(request: dict[str, Any], path: str | Path) -> None:
     """Fill `request` ({"model": {name: tensor}, "ema": {...}}) in place from a checkpoint, in ONE process: also
     when called on one rank of a torchrun job, there are no collectives (so no hang)."""
-    single = {"no_dist": True} if "no_dist" in inspect.signature(dcp.load).parameters else {}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(request, checkpoint_id=str(path), **single)
+    dcp_reader.load(request, path, single=True)
 
 
 def load_weights(
@@ -187,6 +218,6 @@ def load_weights(
         if ema and f"ema.{name}" in saved:
             wanted["ema"][name] = torch.empty_like(tensor)
     request = {k: v for k, v in wanted.items() if v}
-    dcp.load(request, checkpoint_id=str(path), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    dcp_reader.load(request, path, partial=True)
     model.load_state_dict({**current, **wanted["model"]})
     return (wanted["ema"] if ema else None), fresh
