@@ -68,7 +68,14 @@ def run_train_command(args: argparse.Namespace) -> int:
         with run_lock(output) if rank == 0 else contextlib.nullcontext():
             if rank == 0:
                 remove_stale(output, recursive=True)  # temporaries of writes a kill interrupted
-            return _train(recipe, output, device, args)
+            try:
+                return _train(recipe, output, device, args)
+            except BaseException:  # Ctrl-C, SIGTERM, an error: no half-written checkpoint is left behind
+                if rank == 0:
+                    from motif_video.training.checkpoint import remove_partial
+
+                    remove_partial(output)
+                raise
     except ShardReadError as err:
         raise ValueError(str(err)) from None
     finally:

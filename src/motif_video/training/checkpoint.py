@@ -10,7 +10,8 @@ What is saved: model and EMA weights and the optimizer state through DCP (sharde
 shards, and a checkpoint saved by N ranks loads on M); the LR-scheduler state, the step and the run config
 (rank 0, JSON); per rank, its RNG states and data-reader position (`rank-XXXXX.pt`, tensors and plain values
 only, loaded with `weights_only=True`). Order: DCP save -> per-rank files -> barrier -> rank 0 writes
-COMPLETE, renames `.partial` to the final name and updates `latest`; an interrupted save removes its `.partial`.
+COMPLETE, renames `.partial` to the final name and updates `latest`. A `.partial` left by a kill is never read;
+the next save of that step, or the interrupted command on its way out (`remove_partial`), removes it.
 Reading never runs a pickle from the folder (`dcp_reader`: an allow-list unpickler for DCP's metadata, weights-only
 decoding of everything else).
 """
@@ -96,29 +97,6 @@ def save_checkpoint(
         if partial.exists():
             shutil.rmtree(partial)
     _barrier()
-    try:
-        _write(partial, final, directory, step, model, optimizer, ema, trainer_state, rank_state, keep, rank)
-    except BaseException:  # killed or failed while writing: leave no half checkpoint behind
-        if rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
-    _barrier()
-    return final
-
-
-def _write(
-    partial: Path,
-    final: Path,
-    directory: Path,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    ema: dict[str, torch.Tensor] | None,
-    trainer_state: dict[str, Any],
-    rank_state: dict[str, Any],
-    keep: int,
-    rank: int,
-) -> None:
     state: dict[str, Any] = {
         "model": get_model_state_dict(model),
         "optimizer": get_optimizer_state_dict(model, optimizer),
@@ -137,6 +115,17 @@ def _write(
         os.replace(partial, final)
         atomic.write_text(directory / LATEST, final.name + "\n")
         _prune(directory, keep)
+    _barrier()
+    return final
+
+
+def remove_partial(run_dir: str | Path) -> list[Path]:
+    """Remove the `.partial` checkpoint folders under a run folder (saves a kill interrupted); they are never read,
+    and the command that was interrupted removes them on its way out."""
+    found = sorted(Path(run_dir).glob("**/checkpoints/step-*.partial"))
+    for folder in found:
+        shutil.rmtree(folder, ignore_errors=True)
+    return found
 
 
 def _prune(directory: Path, keep: int) -> None:
