@@ -112,8 +112,10 @@ class GenerateSettings:
             from motif_video.core.video_io import load_image
 
             load_image(self.image)  # readable now, not after the model load
+        if not self.output.strip():
+            raise ValueError("--output is empty: give a file name (video.mp4) or a new folder for PNG frames")
         out = Path(self.output)
-        if self.output and not out.parent.is_dir():
+        if not out.parent.is_dir():
             raise ValueError(f"output directory {out.parent} does not exist: create it or choose another --output")
         if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"unsupported output format {out.suffix!r}: use .mp4, .gif, .webm, or a folder for PNGs")

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from motif_video import safe_read
+from motif_video import bounds, safe_read
 from motif_video.atomic import remove_stale
 from motif_video.core.lora import merge_lora_state_dict, model_state_dict_merged
 from motif_video.core.release import read_index, resolve_folder
@@ -91,6 +91,8 @@ def export_transformer(
     base: a release folder or hub id whose other components make `out_dir` a release; they must fit the model.
     """
     out = check_output_folder(out_dir, "output")  # a file, or a folder we cannot write: refused before the long read
+    if lora_alpha is not None:
+        bounds.real("lora_alpha", lora_alpha, 0.0, lo_open=True)
     release = None if base is None else resolve_folder(base)
     if release is not None:
         read_index(release)  # an incomplete base fails here, before the long read
