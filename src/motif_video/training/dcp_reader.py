@@ -46,6 +46,10 @@ ALLOWED: dict[str, set[str]] = {  # module -> names a DCP .metadata pickle refer
 }  # fmt: skip
 
 
+class Refused(pickle.UnpicklingError):
+    """A global that DCP's metadata is not made of: the pickle is not unpickled any further."""
+
+
 class MetadataUnpickler(pickle.Unpickler):
     """A pickle reader that builds only DCP's own metadata types (`ALLOWED`) and torch dtypes."""
 
@@ -54,7 +58,7 @@ class MetadataUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP checkpoint's metadata")
+        raise Refused(f"{module}.{name} is not part of a DCP checkpoint's metadata")
 
 
 def read_metadata(path: str | os.PathLike) -> Metadata:
@@ -66,7 +70,7 @@ def read_metadata(path: str | os.PathLike) -> Metadata:
         raise ValueError(f"{file} is larger than {MAX_METADATA_BYTES:,} bytes: not a checkpoint this program wrote")
     try:
         metadata = MetadataUnpickler(io.BytesIO(file.read_bytes())).load()
-    except pickle.UnpicklingError as err:
+    except Refused as err:
         raise ValueError(f"{file} is not a DCP checkpoint's metadata ({err}): refusing to unpickle it") from None
     except Exception as err:  # EOFError, struct / index errors of a truncated or corrupt pickle
         raise ValueError(f"{file} is truncated or corrupt ({type(err).__name__}): not a readable checkpoint") from None
@@ -133,4 +137,13 @@ def load_rank_file(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-__all__ = ["ALLOWED", "MetadataUnpickler", "SafeLoadPlanner", "SafeReader", "load", "load_rank_file", "read_metadata"]
+__all__ = [
+    "ALLOWED",
+    "MetadataUnpickler",
+    "Refused",
+    "SafeLoadPlanner",
+    "SafeReader",
+    "load",
+    "load_rank_file",
+    "read_metadata",
+]
