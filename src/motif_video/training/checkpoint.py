@@ -103,7 +103,8 @@ def save_checkpoint(
     }
     if ema is not None:
         state["ema"] = ema  # name -> tensor (DTensor shards under FSDP2)
-    dcp.save(state, checkpoint_id=str(partial))
+    with dcp_reader.unwrapped():  # a Ctrl-C inside DCP arrives as itself
+        dcp.save(state, checkpoint_id=str(partial))
     torch.save(rank_state, partial / f"rank-{rank:05d}.pt")
     if rank == 0:
         (partial / "trainer.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True))

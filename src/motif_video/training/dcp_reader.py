@@ -13,17 +13,20 @@ Every refusal is a ValueError naming the file. `load` is `dcp.load` through both
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import os
 import pickle
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
@@ -116,7 +119,8 @@ def load(state: dict[str, Any], path: str | os.PathLike, *, partial: bool = Fals
     options: dict[str, Any] = {}
     if single and "no_dist" in inspect.signature(dcp.load).parameters:
         options["no_dist"] = True
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+    read_metadata(path)  # a refusal surfaces as our own ValueError, not inside DCP's collective error
+    with warnings.catch_warnings(), unwrapped():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(
             state,
@@ -124,6 +128,20 @@ def load(state: dict[str, Any], path: str | os.PathLike, *, partial: bool = Fals
             planner=SafeLoadPlanner(allow_partial_load=partial),
             **options,
         )
+
+
+@contextlib.contextmanager
+def unwrapped() -> Iterator[None]:
+    """DCP wraps what fails inside it (our refusals, a Ctrl-C) in a CheckpointException, a BaseException that no
+    error handler expects: re-raise the first original exception instead."""
+    try:
+        yield
+    except CheckpointException as err:
+        for failure in err.failures.values():
+            original = failure[0] if isinstance(failure, tuple) and failure else failure
+            if isinstance(original, BaseException):
+                raise original.with_traceback(None) from None
+        raise RuntimeError(str(err)) from None
 
 
 def load_rank_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -146,4 +164,5 @@ __all__ = [
     "load",
     "load_rank_file",
     "read_metadata",
+    "unwrapped",
 ]
