@@ -2,22 +2,28 @@
 
 Every file the package writes that someone may read while it is being written (videos, settings, checkpoints'
 metadata, release configs, plans, indexes) goes through here: write a temporary sibling, flush it to disk, then
-`os.replace` it over the target. A killed writer leaves at most a `*.tmp*` sibling, never a torn target. Files get
-ordinary permissions (0644 under the usual umask), not the 0600 of `tempfile`. A directory (a folder of PNG frames)
-is written the same way: filled under a temporary name, then swapped in whole.
+`os.replace` it over the target. A killed writer leaves at most a `*.tmp*` sibling, never a torn target;
+`remove_stale` removes such leftovers (temporaries whose writer's PID is no longer running) when a command starts.
+Files get ordinary permissions (0644 under the usual umask), not the 0600 of `tempfile`. A directory (a folder of
+PNG frames) is written the same way: filled under a temporary name, then swapped in whole. A failed write names its
+target, not the temporary (a full disk says which file it was writing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 TMP_SUFFIX = ".tmp"
+# `.{stem}.{pid}.tmp{suffix}` (files and frame folders), `.{name}.{pid}.tmp` (siblings), `.{name}.{pid}.old`
+STALE = re.compile(r"^\.(?P<base>.+)\.(?P<pid>\d+)\.(?:tmp.*|old)$")
 
 
 def _umask_mode() -> int:
@@ -55,9 +61,46 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
                 os.chmod(tmp, _umask_mode())
                 _fsync(tmp)
             os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        if err.filename is None or Path(err.filename).name.startswith("."):  # the temporary's name: say the target's
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        raise
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as err:  # EPERM: alive, another user's
+        return err.errno == errno.EPERM
+    return True
+
+
+def remove_stale(
+    folder: str | os.PathLike, recursive: bool = False, bases: tuple[str, ...] | None = None
+) -> list[Path]:
+    """Remove the temporaries of killed writes in `folder` (of the targets named `bases`, or all): files and folders
+    named like ours whose writer's PID is not running. Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.rglob(".*") if recursive else folder.glob(".*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = STALE.match(entry.name)
+        if match is None or (bases is not None and match["base"] not in bases) or _alive(int(match["pid"])):
+            continue
+        _remove(entry)
+        removed.append(entry)
+    return removed
 
 
 def _fsync(file: Path) -> None:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
-from motif_video.models.config import PRESETS
+from motif_video import bounds, safe_read
+from motif_video.core.devices import check_device
+from motif_video.models.checkpoint_io import CheckpointError
+from motif_video.models.config import PRESETS, MotifVideoConfig, get_preset
 from motif_video.models.transformer import MotifVideoTransformer
+from motif_video.pipeline.footprint import check_memory
 
 VAE_SPATIAL, VAE_TEMPORAL = 8, 4  # Wan2.1 VAE compression
+MAX_TEXT_TOKENS = 8192
 
 
 def run_forward(
@@ -25,14 +31,22 @@ def run_forward(
     device: str = "cpu",
     dtype: str = "float32",
 ) -> str:
-    """Build (or load) a transformer, run one forward on random inputs, and describe the result."""
-    if height % 16 or width % 16:
-        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
-    if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL:
-        raise ValueError(f"num_frames must be of the form 4k+1 (1, 5, 9, ...), got {num_frames}")
-    if text_tokens < 1:
-        raise ValueError(f"text_tokens must be at least 1, got {text_tokens}")
+    """Build (or load) a transformer, run one forward on random inputs, and describe the result. Every argument, the
+    model's config and the memory the size needs are checked first."""
+    if bounds.integer("--height", height) < 16 or bounds.integer("--width", width) < 16 or height % 16 or width % 16:
+        raise ValueError(f"--height and --width must be positive multiples of 16, got {height}x{width}")
+    if bounds.integer("--num-frames", num_frames) < 1 or (num_frames - 1) % VAE_TEMPORAL:
+        raise ValueError(f"--num-frames must be of the form 4k+1 (1, 5, 9, ...), got {num_frames}")
+    bounds.integer("--text-tokens", text_tokens, 1, MAX_TEXT_TOKENS)
+    bounds.seed("--seed", seed)
+    check_device(device)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
     torch_dtype = getattr(torch, dtype)
+    config = get_preset(preset) if model is None else _stored_config(model)
+    if config is not None:
+        check_memory(config, height, width, num_frames, 1, guided=False, dtype_bytes=torch_dtype.itemsize,
+                     device=device, decode=False)  # fmt: skip
     torch.manual_seed(seed)
     if model is not None:
         net = MotifVideoTransformer.from_pretrained(model, torch_dtype=torch_dtype, device=device)
@@ -70,6 +84,17 @@ def run_forward(
         f"std {out.float().std().item():.4f}, {seconds * 1000:.1f} ms on {device}"
         + ("\n(a freshly initialised model predicts zero velocity by design: AdaLN-Zero)" if model is None else "")
     )
+
+
+def _stored_config(model: str) -> MotifVideoConfig | None:
+    """A local transformer folder's config.json, checked (types, bounds) before the load; None for a hub id."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return MotifVideoConfig.from_dict(safe_read.read_json(path, "config"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def add_forward_parser(sub: argparse._SubParsersAction) -> None:

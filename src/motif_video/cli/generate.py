@@ -20,7 +20,10 @@ from typing import Any
 
 import torch
 
+from motif_video import bounds, safe_read
 from motif_video.cli.flags import add_settings_flags, settings_from_args
+from motif_video.core.devices import check_device
+from motif_video.core.video_io import check_output
 from motif_video.pipeline.settings import GenerationSettings, option
 
 logger = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ OFFLOAD_MODES = ("none", "model", "block")
 SAMPLERS = ("euler", "unipc", "dpm++")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
+MAX_FPS = 1000.0
+MAX_PROMPT_FILE_BYTES = 2**20
 
 
 def local_patch(model: str | None) -> tuple[int, int]:
@@ -82,12 +87,19 @@ class GenerateSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Every check that needs no model load; raises ValueError with what to change."""
+        """Every check that needs no model load; raises ValueError (TypeError for a wrong type) with what to change:
+        the prompts, the options, the device, the output path, the model folder's files and configs, and whether
+        the requested size fits in memory."""
         if not self.prompts:
             raise ValueError("no prompt: pass --prompt TEXT or --prompt-file FILE")
         for prompt in self.prompts:
+            bounds.utf8("--prompt", prompt)
             if not prompt.strip():
                 raise ValueError("empty prompt: every prompt must contain text")
+        if self.model is not None and self.preset is not None:
+            raise ValueError("pass either --model or --preset, not both")
+        if self.preset is not None and self.preset != "tiny":
+            raise ValueError(f"unknown preset {self.preset!r}: the only built-in preset is 'tiny'")
         self.generation.validate(local_patch(self.model))
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"unknown offload mode {self.offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
@@ -95,23 +107,50 @@ class GenerateSettings:
             raise ValueError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}: choose auto, {', '.join(DTYPES)}")
-        if self.model is not None and self.preset is not None:
-            raise ValueError("pass either --model or --preset, not both")
-        if self.preset is not None and self.preset != "tiny":
-            raise ValueError(f"unknown preset {self.preset!r}: the only built-in preset is 'tiny'")
+        if self.fps is not None:
+            bounds.real("--fps", self.fps, 0.0, MAX_FPS, lo_open=True)
         if self.image is not None:
             from motif_video.core.video_io import load_image
 
             load_image(self.image)  # readable now, not after the model load
+        if not self.output.strip():
+            raise ValueError("--output is empty: give a file name (video.mp4) or a new folder for PNG frames")
         out = Path(self.output)
         if not out.parent.is_dir():
             raise ValueError(f"output directory {out.parent} does not exist: create it or choose another --output")
         if out.suffix and out.suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"unsupported output format {out.suffix!r}: use .mp4, .gif, .webm, or a folder for PNGs")
-        if self.device != "auto" and self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+        for path in output_paths(self.output, len(self.prompts) * self.generation.num_videos_per_prompt):
+            check_output(path)
+        check_device(self.device)
         if self.offload != "none" and self.resolved_device().type != "cuda":
             raise ValueError(f"--offload {self.offload} moves weights between CPU and GPU: it needs --device cuda")
+        self._check_model_and_memory()
+
+    def _check_model_and_memory(self) -> None:
+        """A local release's files and configs (`core.release.check_release`), then the memory the size needs."""
+        from motif_video.core.release import INDEX, GenerationDefaults, check_release
+        from motif_video.models.config import get_preset
+        from motif_video.pipeline.footprint import check_memory, weight_bytes
+
+        source = None if self.preset else self.model if self.model is not None else default_model()
+        folder = Path(source) if source is not None and Path(source).is_dir() else None
+        defaults, config = GenerationDefaults(), get_preset("motif-video-2b")
+        if self.preset == "tiny":
+            from motif_video.pipeline.tiny import TINY_DEFAULTS
+
+            defaults, config = GenerationDefaults(**TINY_DEFAULTS), get_preset("tiny")
+        elif folder is not None and (folder / INDEX).is_file():
+            from motif_video.core.release import read_defaults
+
+            index, stored = check_release(folder)
+            defaults, config = read_defaults(index), stored or config
+        g = self.generation
+        videos = len(self.prompts) * g.num_videos_per_prompt
+        dtype_bytes = self.resolved_dtype().itemsize
+        size = (g.height or defaults.height, g.width or defaults.width, g.num_frames or defaults.num_frames)
+        check_memory(config, *size, videos, dtype_bytes=dtype_bytes, device=self.resolved_device(),
+                     weights=weight_bytes(folder), weights_on_device=self.offload == "none")  # fmt: skip
 
     def as_record(self) -> dict[str, Any]:
         """Every field, the generation options among them, as one flat dict (what the run record stores)."""
@@ -262,10 +301,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
 def _read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompts or [])
     if args.prompt_file:
-        try:
-            lines = Path(args.prompt_file).read_text(encoding="utf-8").splitlines()
-        except OSError as err:
-            raise ValueError(f"cannot read --prompt-file {args.prompt_file}: {err.strerror or err}") from None
+        lines = safe_read.read_text(args.prompt_file, "--prompt-file", MAX_PROMPT_FILE_BYTES).splitlines()
         prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not prompts:
             raise ValueError(f"--prompt-file {args.prompt_file} holds no prompt (one per line; # starts a comment)")

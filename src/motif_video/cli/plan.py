@@ -54,11 +54,15 @@ def parse_batch_sizes(text: str) -> int | dict:
 
 def run_plan_command(args: argparse.Namespace) -> int:
     from motif_video.core.plan_files import write_plans
+    from motif_video.core.run_folder import check_output_folder
     from motif_video.core.shards import complete_shards
     from motif_video.data.sampler_plan import plan_shards, report
 
     if args.world_size < 1:
         raise ValueError(f"--world-size must be >= 1, got {args.world_size}")
+    if args.moves < 0:
+        raise ValueError(f"--moves must be >= 0, got {args.moves}")
+    check_output_folder(args.out, "--out")
     indexes = []
     for folder in map(Path, args.data):
         if not folder.is_dir():

@@ -1,12 +1,15 @@
 """`motif-video train`: run a recipe (a TOML/JSON file or a preset) in one process or under torchrun.
 
-Thin: parse, set up the process group from torchrun's environment, run `run.run_recipe` with a `MetricsWriter`,
-export the final EMA weights to `<output>/final/transformer/` (the official folder format).
+Thin: parse, check the recipe, its files and the run folder (`training.preflight`: a refused command writes
+nothing), set up the process group from torchrun's environment, hold the run folder (`core.run_folder.run_lock`: a
+second `train` on it is refused, naming the first's PID), remove temporaries of killed writes, run
+`run.run_recipe` with a `MetricsWriter`, export the final EMA weights to `<output>/final/transformer/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -14,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from motif_video.core.devices import check_device
 from motif_video.env import torchrun_env
 
 
@@ -39,7 +43,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def run_train_command(args: argparse.Namespace) -> int:
+    from motif_video.atomic import remove_stale
+    from motif_video.core.run_folder import run_lock
     from motif_video.core.shard_reader import ShardReadError
+    from motif_video.training.preflight import check_recipe
     from motif_video.training.recipe import get_recipe_preset, load_recipe
 
     recipe = load_recipe(args.config) if args.config else get_recipe_preset(args.preset)
@@ -49,12 +56,26 @@ def run_train_command(args: argparse.Namespace) -> int:
     if not args.output:
         raise ValueError("--output is required: the run folder for checkpoints, metrics and the final model")
     output = Path(args.output)
+    if args.device != "auto":
+        check_device(args.device)
     if args.no_resume and (output / "recipe.json").exists():
         raise ValueError(f"{output} already holds a run and --no-resume was given: choose a new --output")
+    check_recipe(recipe, output, resume=not args.no_resume)  # every file it names and the folder: nothing written yet
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = _setup_distributed(args.device)
+    rank = dist.get_rank() if dist.is_initialized() else 0
     try:
-        return _train(recipe, output, device, args)
+        with run_lock(output) if rank == 0 else contextlib.nullcontext():
+            if rank == 0:
+                remove_stale(output, recursive=True)  # temporaries of writes a kill interrupted
+            try:
+                return _train(recipe, output, device, args)
+            except BaseException:  # Ctrl-C, SIGTERM, an error: no half-written checkpoint is left behind
+                if rank == 0:
+                    from motif_video.training.checkpoint import remove_partial
+
+                    remove_partial(output)
+                raise
     except ShardReadError as err:
         raise ValueError(str(err)) from None
     finally:

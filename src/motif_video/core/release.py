@@ -13,7 +13,8 @@
 
 - Sources: a local folder, or a hub id `owner/name` (the one rule: `is_hub_id`) fetched with
   `huggingface_hub.snapshot_download`, so its cache and offline mode apply.
-- Classes are looked up by name only inside the `diffusers` and `transformers` packages.
+- Classes come from an allow-list (`core.model_files`), and every component folder is checked before a library
+  reads it: no remote code, no pickled weights, bounded files, shard paths inside their folder.
 - `load_components` is the one reader: the pipeline, data preparation and the CLI take what they need from its dict.
 - The shipped small model: `small_model_dir` looks inside the installed package (`_weights/`, for a wheel that
   bundles it), then in the repository checkout (`models/`, for the editable install from src/).
@@ -21,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -30,8 +30,12 @@ from typing import Any
 
 import torch
 
+from motif_video import safe_read
+from motif_video.bounds import check_types
 from motif_video.core.flow import DEFAULT_SHIFT_I2V, DEFAULT_SHIFT_T2V
+from motif_video.core.model_files import ALLOWED_CLASSES, check_component_folder, check_index_entries
 from motif_video.models.checkpoint_io import CheckpointError, is_hub_id
+from motif_video.models.config import MotifVideoConfig
 
 INDEX = "model_index.json"
 DEFAULTS_KEY = "_motif_video_defaults"
@@ -71,8 +75,15 @@ class GenerationDefaults:
 def read_defaults(index: Mapping[str, Any]) -> GenerationDefaults:
     """The index's stored defaults over the official ones (unknown keys from newer writers are ignored)."""
     stored = index.get(DEFAULTS_KEY) or {}
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{INDEX}: {DEFAULTS_KEY} must be an object, got {type(stored).__name__}")
     known = {f.name for f in fields(GenerationDefaults)}
-    return GenerationDefaults(**{k: v for k, v in stored.items() if k in known})
+    defaults = GenerationDefaults(**{k: v for k, v in stored.items() if k in known})
+    try:
+        check_types(defaults, f"{INDEX} {DEFAULTS_KEY}")
+    except TypeError as err:
+        raise CheckpointError(str(err)) from None
+    return defaults
 
 
 # ---------------------------------------------------------------------------------------------------- locating
@@ -136,9 +147,10 @@ def read_index(folder: Path, supplied: Iterable[str] = ()) -> dict[str, Any]:
     if not index_path.is_file():
         raise CheckpointError(f"{folder} is not a Motif-Video release folder: {INDEX} is missing")
     try:
-        index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {index_path}: {err}") from None
+        index = safe_read.read_json(index_path, "release index")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    check_index_entries(index, index_path)
     supplied = set(supplied)
     for name in REQUIRED:
         if name in supplied:
@@ -157,9 +169,28 @@ def read_component_config(folder: Path, name: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from None
+        return safe_read.read_json(path, "config")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def check_release(folder: Path, names: Iterable[str] = COMPONENTS) -> tuple[dict[str, Any], MotifVideoConfig | None]:
+    """Everything about a local release that needs no model load: the index and its classes, the folders of the
+    components `names` (`model_files`), and the transformer's config.json (types and bounds). -> (index, config)."""
+    names = set(names)
+    index = read_index(folder, [n for n in REQUIRED if n not in names])
+    for name in COMPONENTS:
+        if name in names and name != "guider" and isinstance(index.get(name), list) and (folder / name).is_dir():
+            check_component_folder(folder / name, name)
+    if "transformer" not in names:
+        return index, None
+    stored = read_component_config(folder, "transformer")
+    if stored is None:
+        return index, None
+    try:
+        return index, MotifVideoConfig.from_dict(stored)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'transformer' / 'config.json'}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -215,6 +246,7 @@ def load_components(
 
 def _load_one(name: str, entry: list[str], folder: Path, dtype: torch.dtype | None, fuse_qkv: bool) -> Any:
     path = folder / name
+    check_component_folder(path, name)
     if name == "transformer":
         from motif_video.models.transformer import MotifVideoTransformer
 
@@ -224,19 +256,19 @@ def _load_one(name: str, entry: list[str], folder: Path, dtype: torch.dtype | No
     if name == "tokenizer":
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     cls = _library_class(name, entry)
     if name == "vae":
-        return cls.from_pretrained(str(path), torch_dtype=dtype).eval()
+        return cls.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True).eval()
     if name == "text_encoder":
-        return cls.from_pretrained(str(path), dtype=dtype).eval()
+        return cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True, trust_remote_code=False).eval()
     return cls.from_pretrained(str(path))
 
 
 def _library_class(name: str, entry: list[str]) -> type:
     library, class_name = entry
-    if library not in LIBRARIES:
-        raise CheckpointError(f"component {name}: library {library!r} is not diffusers or transformers")
+    if library not in LIBRARIES or class_name not in ALLOWED_CLASSES.get(name, {}).get(library, set()):
+        raise CheckpointError(f"component {name}: {library}.{class_name} is not a class motif-video loads")
     module = __import__(library)
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -249,9 +281,9 @@ def read_guider(path: Path) -> dict[str, Any]:
     for name in GUIDER_FILES:
         if (path / name).is_file():
             try:
-                return json.loads((path / name).read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise CheckpointError(f"cannot read {path / name}: {err}") from None
+                return safe_read.read_json(path / name, "guider config")
+            except ValueError as err:
+                raise CheckpointError(str(err)) from None
     raise CheckpointError(f"{path} has none of {GUIDER_FILES}")
 
 
@@ -265,6 +297,7 @@ __all__ = [
     "SMALL_MODEL_CANDIDATES",
     "TRANSFORMER_CLASS",
     "GenerationDefaults",
+    "check_release",
     "is_hub_id",
     "load_components",
     "read_component_config",

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from motif_video import atomic
+from motif_video import atomic, safe_read
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 INDEX_SUFFIX = ".index.json"
@@ -101,7 +101,8 @@ class ShardIndex:
 
     @classmethod
     def read(cls, path: Path) -> ShardIndex:
-        data = json.loads(Path(path).read_text())
+        data = safe_read.read_json(path, "shard index", max_bytes=2**28)
+        safe_read.inside(Path(path).parent, data.get("shard"), "shard")  # the tar sits beside its index
         entries = [IndexEntry(e["key"], tuple(e["bucket"]), int(e.get("offset", 0))) for e in data["entries"]]
         return cls(shard=data["shard"], entries=entries)
 

@@ -14,6 +14,9 @@ Design:
 * Tensors are tiny: latents (16, F', h, w) with F' = (frames - 1) // 4 + 1, h = height // 8, w = width // 8 (the Wan
   VAE's strides); text (L, text_dim) with a random L; first_frame for videos; optional image_tokens and teacher.
 * All randomness comes from one `numpy.random.default_rng(seed)`, so a shard set is a pure function of its arguments.
+* `ensure_synthetic_shards` writes a whole set or nothing that counts: `synthetic.json` (the arguments) is written
+  last, and a folder without it (a write killed midway) is emptied and written again, so a resumed run trains on
+  exactly the data an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -27,8 +30,17 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_tensors
 
+from motif_video import atomic, safe_read
 from motif_video.atomic import atomic_path
-from motif_video.core.shards import INDEX_SUFFIX, SHARD_PATTERN, Bucket, IndexEntry, SampleMeta, ShardIndex
+from motif_video.core.shards import (
+    INDEX_SUFFIX,
+    SHARD_PATTERN,
+    Bucket,
+    IndexEntry,
+    SampleMeta,
+    ShardIndex,
+    complete_shards,
+)
 
 TEXT_DIM = 8  # tiny stand-in for the text encoder width
 IMAGE_DIM = 6  # tiny stand-in for the SigLIP width
@@ -125,3 +137,39 @@ def write_synthetic_shards(
         ]
         paths.append(write_shard(directory, s, samples))
     return paths
+
+
+SET_MARKER = "synthetic.json"
+
+
+def ensure_synthetic_shards(
+    directory: Path,
+    num_shards: int,
+    buckets: Sequence[Bucket],
+    *,
+    seed: int = 0,
+    image_tokens: bool = True,
+    teacher: bool = True,
+    text_dim: int = TEXT_DIM,
+) -> list[Path]:
+    """The complete synthetic set of these arguments in `directory` (index paths): kept when its marker matches,
+    else written from the start with the marker last."""
+    directory = Path(directory)
+    spec = dict(num_shards=num_shards, buckets=[list(b) for b in buckets], seed=seed, image_tokens=image_tokens,
+                teacher=teacher, text_dim=text_dim)  # fmt: skip
+    marker = directory / SET_MARKER
+    if marker.is_file():
+        try:
+            if safe_read.read_json(marker, "synthetic set") == spec:
+                return complete_shards(directory)
+        except ValueError:
+            pass  # a damaged marker: the set is written again
+    if directory.is_dir():
+        marker.unlink(missing_ok=True)
+        for old in directory.glob("shard-*"):
+            old.unlink()
+        atomic.remove_stale(directory)
+    write_synthetic_shards(directory, num_shards, buckets, seed=seed, image_tokens=image_tokens, teacher=teacher,
+                           text_dim=text_dim)  # fmt: skip
+    atomic.write_json(marker, spec)
+    return complete_shards(directory)

@@ -41,6 +41,7 @@ T_t = F' = 1, only space is resampled.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -203,10 +204,19 @@ def load_teacher(
     if kind not in _MODEL_TYPES:
         raise ValueError(f"unknown REPA teacher {kind!r}; choose one of {sorted(_MODEL_TYPES)}")
     source = path_or_hub_id or DEFAULT_TEACHER_IDS[kind]
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
-    try:
-        model = AutoModel.from_pretrained(source, dtype=dtype)
+    from motif_video.core.model_files import check_component_folder
+
+    if Path(source).is_dir():
+        check_component_folder(source)  # no remote code, no pickled weights, bounded files
+    try:  # the config first: only a teacher's model type is built, and never from code in the folder
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        if config.model_type not in _MODEL_TYPES[kind]:
+            raise ValueError(f"{source!r} is a {config.model_type!r} model, not a {kind} teacher")
+        model = AutoModel.from_pretrained(
+            source, config=config, dtype=dtype, trust_remote_code=False, use_safetensors=True
+        )
     except OSError as err:
         raise OSError(
             f"cannot load the {kind} REPA teacher from {source!r}: not a local model folder and not downloadable "

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from motif_video.atomic import atomic_path
+from motif_video.atomic import atomic_path, remove_stale
 from motif_video.core.video_read import FPS_KEY, FRAME_RE, load_image, read_video, to_rgb, video_info
 
 FrameInput = np.ndarray | torch.Tensor | Sequence[Image.Image] | Sequence[np.ndarray]
@@ -74,6 +74,7 @@ def export_video(
     _check_parent(target)
     if kind == PNG_DIR:
         _check_replaceable_frame_dir(target)
+    remove_stale(target.parent, bases=(target.stem, target.name))  # a killed earlier write of this file
     with atomic_path(target, directory=kind == PNG_DIR) as tmp:
         writer(video, tmp, rate, quality)
     return target
@@ -226,6 +227,23 @@ def _check_parent(target: Path) -> None:
         raise ValueError(f"output directory {parent} does not exist: create it or choose another --output")
 
 
+def check_output(path: str | os.PathLike) -> Path:
+    """Every check of an output path that writes nothing lasting, for a caller that must refuse before working: a
+    supported name, an existing parent we can write into (probed with a file created and removed), and no
+    directory it must not replace."""
+    target, kind = _resolve_output(path)
+    _check_parent(target)
+    if kind == PNG_DIR:
+        _check_replaceable_frame_dir(target)
+    probe = target.with_name(f".{target.name}.{os.getpid()}.probe")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"cannot write into {target.parent}: {err.strerror or err}") from None
+    return target
+
+
 def _check_replaceable_frame_dir(target: Path) -> None:
     if not target.exists():
         return
@@ -242,6 +260,7 @@ def _check_replaceable_frame_dir(target: Path) -> None:
 __all__ = [
     "DEFAULT_QUALITY",
     "PNG_DIR",
+    "check_output",
     "export_video",
     "fps_fraction",
     "frames_to_uint8",

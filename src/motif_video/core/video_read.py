@@ -87,6 +87,8 @@ def load_image(image: str | os.PathLike | Image.Image) -> Image.Image:
             return to_rgb(ImageOps.exif_transpose(im))
     except Image.UnidentifiedImageError:
         raise ValueError(f"cannot read image {source}: not a recognised image format") from None
+    except Image.DecompressionBombError as e:  # a small file that would decode to gigabytes of pixels
+        raise ValueError(f"cannot read image {source}: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt files, permission errors
         raise ValueError(f"cannot read image {source}: {e}") from None
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -45,10 +46,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from motif_video import safe_read
 from motif_video.core.shards import CAPTION_VARIANTS, Bucket, parse_bucket
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 KNOWN_FIELDS = ("path", "caption", "caption_short", "key", "fps")
+MAX_MANIFEST_BYTES = 2**30  # a manifest of millions of rows; a larger file is not one
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")  # WebDataset splits member names at the first '.'
 _SENTENCE_END = re.compile(r"[.!?](?=\s)")
 _RESIZE_CHUNK = 16  # frames resized at a time: bounds the float copy of a long high-resolution clip
@@ -166,7 +169,7 @@ def read_manifest(path: str | Path) -> list[ManifestItem]:
 
 def _jsonl_rows(source: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    for line, text in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+    for line, text in enumerate(safe_read.read_text(source, "manifest", MAX_MANIFEST_BYTES).splitlines(), start=1):
         if not text.strip():
             continue
         try:
@@ -180,7 +183,8 @@ def _jsonl_rows(source: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _csv_rows(source: Path) -> list[tuple[int, dict[str, Any]]]:
-    with source.open(newline="", encoding="utf-8") as handle:
+    text = safe_read.read_text(source, "manifest", MAX_MANIFEST_BYTES)
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             raise ValueError(f"{source}: the csv header must name at least 'path' and 'caption'")

@@ -35,7 +35,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from motif_video import atomic
+from motif_video import atomic, bounds
+from motif_video.core.devices import check_device
+from motif_video.core.release import check_release
+from motif_video.core.run_folder import check_output_folder
 from motif_video.core.shards import (
     INDEX_SUFFIX,
     NULL_TEXT_FILE,
@@ -60,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_PATTERN = "prepare-report-rank-{rank:05d}.json"
 SHOWN_FAILURES = 20  # skipped keys listed by `summary`; the report file has them all
+MAX_SEQUENCE_LENGTH = 8192
 STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
 
 
@@ -231,8 +235,13 @@ def prepare(
     rank, world_size = (0, 1) if rank is None and world_size is None else (rank, world_size)
     if rank is None or world_size is None or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size (or neither), got rank={rank} world_size={world_size}")
-    if frame_stride < 1:
+    if bounds.integer("frame_stride", frame_stride) < 1:
         raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+    bounds.integer("max_sequence_length", max_sequence_length, 1, MAX_SEQUENCE_LENGTH)
+    bounds.integer("samples_per_shard", samples_per_shard, 1)
+    bounds.seed("seed", seed)
+    if str(device) != "auto":
+        check_device(str(device))
     buckets = parse_buckets(buckets) if isinstance(buckets, str) else list(buckets)
     if not buckets:
         raise ValueError("give at least one bucket, e.g. 17x64x64")
@@ -240,8 +249,11 @@ def prepare(
     store_dtype = _storage_dtype(dtype)
     items = read_manifest(manifest)
     ranges = shard_ranges(len(items), samples_per_shard)
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, "--out")
+    if Path(model_folder).is_dir():  # the encoders' folders, checked before anything is written
+        check_release(Path(model_folder), ("vae", "text_encoder", "tokenizer", "feature_extractor"))
     out.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale(out)  # temporaries of shards a kill interrupted
     report = PrepareReport(rank, world_size, len(items), len(ranges))
     previous = _previous_failures(out)
     todo = []

@@ -6,7 +6,9 @@
   `config.json` that names a different one, or that enables cross-attention the weights do not have, is an
   error.
 - Strict: a missing, unexpected or mis-shaped tensor is an error naming the key. Only safetensors are read;
-  pickle (`.bin`, `.pt`) is never loaded.
+  pickle (`.bin`, `.pt`) is never loaded. Checked before anything is allocated: `config.json` (bounded, typed),
+  every shard's header (`safetensors_header`) against the model the config describes, and shard names of a sharded
+  index (they must stay inside the folder).
 - Writes go to temporary names first and are renamed into place, so an interrupted save never leaves a
   folder that looks complete.
 """
@@ -22,13 +24,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from motif_video import safe_read
 from motif_video.atomic import atomic_path
 from motif_video.models.config import MotifVideoConfig
+from motif_video.models.safetensors_header import PICKLE_SUFFIXES, pickle_refusal, read_header
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
-PICKLE_NAMES = ("diffusion_pytorch_model.bin", "pytorch_model.bin", "diffusion_pytorch_model.pt")
+PICKLE_NAMES = tuple(
+    f"{stem}{suffix}" for stem in ("diffusion_pytorch_model", "pytorch_model") for suffix in PICKLE_SUFFIXES
+)
 
 
 class CheckpointError(ValueError):
@@ -84,26 +90,52 @@ def _weight_files(source: str, subfolder: str | None, **hub: Any) -> list[Path]:
         return [single]
     index = _resolve_file(source, subfolder, INDEX_NAME, required=False, **hub)
     if index is not None:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [_resolve_file(source, subfolder, name, True, **hub) for name in sorted(set(weight_map.values()))]
+        try:
+            weight_map = safe_read.read_json(index, "weight index").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ValueError(f"weight index {index} has no weight_map of file names")
+            names = sorted(set(weight_map.values()))
+            for name in names:  # inside the index's folder: never a path that leads elsewhere
+                safe_read.inside(index.parent, name, "weight shard")
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        return [_resolve_file(source, subfolder, name, True, **hub) for name in names]
     for name in PICKLE_NAMES:
-        if _resolve_file(source, subfolder, name, required=False, **hub) is not None:
-            raise CheckpointError(
-                f"{source}: found only {name}; motif-video never loads pickled weights. "
-                f"Convert it to {WEIGHTS_NAME} with safetensors first"
-            )
+        found = _resolve_file(source, subfolder, name, required=False, **hub)
+        if found is not None:
+            raise CheckpointError(pickle_refusal(found, WEIGHTS_NAME))
     raise CheckpointError(f"{source}: neither {WEIGHTS_NAME} nor {INDEX_NAME} found")
+
+
+def read_headers(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """{key: shape} over the shards' headers, read without allocating a tensor; duplicates are an error."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            header = read_header(file)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        for key, info in header.items():
+            if key in shapes:
+                raise CheckpointError(f"tensor {key!r} appears in more than one shard ({file.name})")
+            shapes[key] = info.shape
+    return shapes
 
 
 def read_state_dict(files: list[Path], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                if key in state:
-                    raise CheckpointError(f"tensor {key!r} appears in more than one shard ({file.name})")
-                tensor = f.get_tensor(key)
-                state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    if key in state:
+                        raise CheckpointError(f"tensor {key!r} appears in more than one shard ({file.name})")
+                    tensor = f.get_tensor(key)
+                    state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        except CheckpointError:
+            raise
+        except Exception as err:  # safetensors' SafetensorError, OSError: a corrupt or unreadable file
+            raise CheckpointError(f"cannot read {file}: {err}") from None
     return state
 
 
@@ -119,29 +151,30 @@ def detect_cross_attention_layout(keys: list[str] | set[str]) -> str | None:
     return "shared" if shared else "diffusers" if diffusers else None
 
 
-def reconcile_config(config_dict: dict[str, Any], keys: set[str]) -> MotifVideoConfig:
-    """Config from `config.json`, with the cross-attention layout taken from (and checked against) the keys."""
+def reconcile_config(config_dict: dict[str, Any], keys: set[str], where: str = "config.json") -> MotifVideoConfig:
+    """Config from `config.json` (named `where` in errors), with the cross-attention layout taken from (and checked
+    against) the keys."""
     layout = detect_cross_attention_layout(keys)
     declared = config_dict.get("cross_attention_layout")
     if layout is not None and declared is not None and declared != layout:
-        raise CheckpointError(f"config.json says cross_attention_layout={declared!r} but the weights are {layout!r}")
+        raise CheckpointError(f"{where} says cross_attention_layout={declared!r} but the weights are {layout!r}")
     data = dict(config_dict)
     if layout is not None:
         data["cross_attention_layout"] = layout
     try:
         config = MotifVideoConfig.from_dict(data)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"config.json: {err}") from None
+        raise CheckpointError(f"{where}: {err}") from None
     enabled = config.enable_text_cross_attention_dual or (
         config.enable_text_cross_attention_single and config.num_encoder_single_layers > 0
     )
     if enabled and layout is None:
         raise CheckpointError(
-            "config.json enables text cross-attention (enable_text_cross_attention_*), "
+            f"{where} enables text cross-attention (enable_text_cross_attention_*), "
             "but the weights hold no cross-attention tensors"
         )
     if layout is not None and not enabled:
-        raise CheckpointError("the weights hold cross-attention tensors, but config.json enables no cross-attention")
+        raise CheckpointError(f"the weights hold cross-attention tensors, but {where} enables no cross-attention")
     return config
 
 
@@ -187,13 +220,16 @@ def load_transformer(
         hub["local_files_only"] = local_files_only
     config_path = _resolve_file(source, subfolder, CONFIG_NAME, required=True, **hub)
     try:
-        config_dict = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from None
-    state = read_state_dict(_weight_files(source, subfolder, **hub), torch_dtype)
-    config = reconcile_config(config_dict, set(state))
+        config_dict = safe_read.read_json(config_path, "config")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    files = _weight_files(source, subfolder, **hub)
+    shapes = read_headers(files)  # names and shapes first: nothing is allocated for a checkpoint that cannot fit
+    config = reconcile_config(config_dict, set(shapes), str(config_path))
     with torch.device("meta"):
         model = cls(config)
+    check_state_dict(model.state_dict(), {k: torch.empty(v, device="meta") for k, v in shapes.items()})
+    state = read_state_dict(files, torch_dtype)
     check_state_dict(model.state_dict(), state)
     model.load_state_dict(state, strict=True, assign=True)
     if device is not None:

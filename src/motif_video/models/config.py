@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from motif_video import bounds
+
 CrossAttentionLayout = Literal["diffusers", "shared"]
 
 # Keys that diffusers writes into config.json and that carry no architecture information.
@@ -19,6 +21,22 @@ _BOOKKEEPING_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use
 # Fields of Motif's original-code config that are harmless when unset (no pooled text vector, no RoPE
 # extrapolation); set to anything else they describe a model this implementation does not run.
 _ACCEPTED_WHEN_NULL = ("pooled_projection_dim", "base_latent_size")
+# Bounds far above any real model and far below what would exhaust memory when built: a hostile config.json
+# (num_layers = 1000000) is refused before a single module is made.
+LIMITS: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 4096),
+    "out_channels": (1, 4096),
+    "num_attention_heads": (1, 1024),
+    "attention_head_dim": (2, 1024),
+    "num_layers": (0, 512),
+    "num_single_layers": (0, 512),
+    "num_decoder_layers": (0, 512),
+    "patch_size": (1, 64),
+    "patch_size_t": (1, 64),
+    "text_embed_dim": (1, 65536),
+    "image_embed_dim": (1, 65536),
+}
+MAX_HIDDEN_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,15 @@ class MotifVideoConfig:
     cross_attention_layout: CrossAttentionLayout = "diffusers"
 
     def __post_init__(self) -> None:
+        bounds.check_types(self, "config")
+        for name, (lo, hi) in LIMITS.items():
+            if getattr(self, name) is not None:
+                bounds.integer(f"config.{name}", getattr(self, name), lo, hi)
+        bounds.real("config.mlp_ratio", self.mlp_ratio, 0.0, 64.0, lo_open=True)
+        bounds.real("config.rope_theta", self.rope_theta, 0.0, 1e12, lo_open=True)
+        if self.hidden_size > MAX_HIDDEN_SIZE:
+            raise ValueError(f"config: num_attention_heads x attention_head_dim = {self.hidden_size} exceeds "
+                             f"{MAX_HIDDEN_SIZE}")  # fmt: skip
         object.__setattr__(self, "rope_axes_dim", tuple(int(d) for d in self.rope_axes_dim))
         problems = []
         if sum(self.rope_axes_dim) != self.attention_head_dim:

@@ -15,10 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from motif_video import bounds
 from motif_video.core import latent_space as latent_ops
 from motif_video.core.release import GenerationDefaults
 from motif_video.pipeline.guidance import GuidanceConfig, resolve_guidance
 from motif_video.pipeline.schedule import resolve_sigmas
+from motif_video.pipeline.settings import MAX_STEPS
+
+MAX_SEQUENCE_LENGTH = 8192  # text tokens per prompt (the official encoder reads 512)
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")
@@ -114,7 +118,12 @@ def plan_call(
     max_sequence_length: int,
 ) -> CallPlan:
     """Check a call's arguments and fill in the model's defaults (`defaults`, the pipeline's guidance config, the
-    transformer's (spatial, temporal) `patch`); raises ValueError naming what to change."""
+    transformer's (spatial, temporal) `patch`); raises ValueError (TypeError for a wrong type) naming what to change."""
+    check_types_of_call(
+        height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps, shift=shift,
+        guidance_scale=guidance_scale, apg_eta=apg_eta, num_videos_per_prompt=num_videos_per_prompt,
+        max_sequence_length=max_sequence_length, negative_prompt=negative_prompt,
+    )  # fmt: skip
     height = height or defaults.height
     width = width or defaults.width
     num_frames = num_frames or defaults.num_frames
@@ -170,6 +179,36 @@ def plan_call(
     )
 
 
+def check_types_of_call(**values: Any) -> None:
+    """Types and bounds of a call's scalar arguments (None: the default applies)."""
+    for name in ("height", "width", "num_frames", "num_videos_per_prompt", "max_sequence_length"):
+        if values[name] is not None:
+            bounds.integer(name, values[name])
+    if values["num_inference_steps"] is not None:
+        bounds.integer("num_inference_steps", values["num_inference_steps"], 1, MAX_STEPS)
+    bounds.integer("max_sequence_length", values["max_sequence_length"], 1, MAX_SEQUENCE_LENGTH)
+    if values["shift"] is not None:
+        bounds.real("shift", values["shift"], 0.0, lo_open=True)
+    if values["guidance_scale"] is not None:
+        bounds.real("guidance_scale", values["guidance_scale"], 0.0)
+    if values["apg_eta"] is not None:
+        bounds.real("apg_eta", values["apg_eta"])
+    negative = values["negative_prompt"]
+    for text in negative if isinstance(negative, (list, tuple)) else [] if negative is None else [negative]:
+        bounds.utf8("negative_prompt", text)
+
+
+def check_generator(generator: Any, batch: int) -> None:
+    """None, a torch.Generator, or a list of one per video (TypeError / ValueError otherwise)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} videos: pass one, or one per video")
+        return
+    raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+
+
 def prompt_list(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> list[str] | None:
     """The prompts as a non-empty list of non-empty strings, or None when embeddings are given instead."""
     if prompt is None:
@@ -178,12 +217,17 @@ def prompt_list(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | No
         return None
     if prompt_embeds is not None:
         raise ValueError("pass either prompt or prompt_embeds, not both")
+    if not isinstance(prompt, (str, list, tuple)):
+        raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("the prompt list is empty")
     for p in prompts:
-        if not isinstance(p, str) or not p.strip():
+        if not isinstance(p, str):
+            raise TypeError(f"prompts must be strings, got {type(p).__name__}")
+        if not p.strip():
             raise ValueError("prompts must be non-empty strings")
+        bounds.utf8("prompt", p)
     return prompts
 
 

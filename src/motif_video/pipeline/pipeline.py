@@ -33,7 +33,7 @@ from motif_video.core import encoders as conditioning
 from motif_video.core import latent_space as latent_ops
 from motif_video.core.release import OFFICIAL_NEGATIVE_PROMPT as OFFICIAL_NEGATIVE_PROMPT  # re-exported
 from motif_video.core.release import GenerationDefaults
-from motif_video.pipeline import encoding, inputs, lora
+from motif_video.pipeline import encoding, footprint, inputs, lora
 from motif_video.pipeline.guidance import GuidanceConfig
 from motif_video.pipeline.inputs import MODEL_DEFAULT_NEGATIVE, CallPlan
 from motif_video.pipeline.memory import MemoryModes
@@ -259,7 +259,10 @@ class MotifVideoPipeline(MemoryModes):
             batch_guidance=batch_guidance,
             max_sequence_length=max_sequence_length,
         )
+        inputs.check_generator(generator, plan.batch)
         device, dtype = self.device, self.transformer.dtype
+        footprint.check_call(self.transformer, plan.height, plan.width, plan.num_frames, plan.batch, plan.needs_uncond,
+                             dtype, device)  # fmt: skip
 
         # 2. encode the text, draw the noise, encode the image (the noise first, as the reference draws it)
         text, negative = encoding.text_conditions(

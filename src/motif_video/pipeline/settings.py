@@ -15,8 +15,12 @@ from typing import Any
 
 import torch
 
+from motif_video import bounds
 from motif_video.core.latent_space import check_noise_correlation, check_video_size
 from motif_video.pipeline.guidance import GUIDANCE_METHODS
+
+MAX_STEPS = 1000  # the flow schedules have 1000 training timesteps: more steps than that only repeat them
+MAX_VIDEOS_PER_PROMPT = 256
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -48,19 +52,32 @@ class GenerationSettings:
     )
 
     def validate(self, patch: tuple[int, int] = (2, 1)) -> None:
-        """Every check that needs no model; `patch`: the model's (spatial, temporal) patch. Raises ValueError."""
+        """Every check that needs no model; `patch`: the model's (spatial, temporal) patch. Raises ValueError (or
+        TypeError for a value of the wrong type), naming the field."""
         for name in ("height", "width", "num_frames", "steps"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and bounds.integer(name, value) < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if self.steps is not None:
+            bounds.integer("steps", self.steps, 1, MAX_STEPS)
+        bounds.seed("seed", self.seed)
+        if self.negative_prompt is not None:
+            bounds.utf8("negative_prompt", self.negative_prompt)
+        if self.guidance_scale is not None:
+            bounds.real("guidance_scale", self.guidance_scale, 0.0)
+        if self.apg_eta is not None:
+            bounds.real("apg_eta", self.apg_eta)
+        if self.shift is not None:
+            bounds.real("shift", self.shift, 0.0, lo_open=True)
         step = 8 * patch[0]  # the VAE's 8x times the transformer's patch
         check_video_size(self.height or step, self.width or step, self.num_frames or 1, *patch)
         if self.noise_correlation is not None:
-            check_noise_correlation(self.noise_correlation)
+            check_noise_correlation(bounds.real("noise_correlation", self.noise_correlation))
         if self.guidance is not None and self.guidance not in GUIDANCE_METHODS:
             raise ValueError(f"unknown guidance {self.guidance!r}: choose one of {', '.join(GUIDANCE_METHODS)}")
-        if self.num_videos_per_prompt < 1:
+        if bounds.integer("num_videos_per_prompt", self.num_videos_per_prompt) < 1:
             raise ValueError(f"num_videos_per_prompt must be at least 1, got {self.num_videos_per_prompt}")
+        bounds.integer("num_videos_per_prompt", self.num_videos_per_prompt, 1, MAX_VIDEOS_PER_PROMPT)
 
     def call_kwargs(self) -> dict[str, Any]:
         """The same request as keyword arguments of `MotifVideoPipeline.__call__`; unset (None) fields are left

@@ -10,12 +10,14 @@ What is saved: model and EMA weights and the optimizer state through DCP (sharde
 shards, and a checkpoint saved by N ranks loads on M); the LR-scheduler state, the step and the run config
 (rank 0, JSON); per rank, its RNG states and data-reader position (`rank-XXXXX.pt`, tensors and plain values
 only, loaded with `weights_only=True`). Order: DCP save -> per-rank files -> barrier -> rank 0 writes
-COMPLETE, renames `.partial` to the final name and updates `latest`.
+COMPLETE, renames `.partial` to the final name and updates `latest`. A `.partial` left by a kill is never read;
+the next save of that step, or the interrupted command on its way out (`remove_partial`), removes it.
+Reading never runs a pickle from the folder (`dcp_reader`: an allow-list unpickler for DCP's metadata, weights-only
+decoding of everything else).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -34,7 +36,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from motif_video import atomic
+from motif_video import atomic, safe_read
+from motif_video.training import dcp_reader
 from motif_video.training.parallel import world
 
 # DCP warns "torch.distributed is disabled ... assuming the intent is to save/load in a single process": it is.
@@ -58,8 +61,11 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     directory = Path(directory)
     pointer = directory / LATEST
     if pointer.is_file():
-        candidate = directory / pointer.read_text().strip()
-        if (candidate / COMPLETE).is_file():
+        try:
+            candidate = safe_read.inside(directory, safe_read.read_text(pointer, "checkpoint pointer", 4096).strip())
+        except ValueError:
+            candidate = None  # a damaged pointer: fall back to the folders themselves
+        if candidate is not None and (candidate / COMPLETE).is_file():
             return candidate
     complete = sorted(p.parent for p in directory.glob(f"step-*/{COMPLETE}"))
     return complete[-1] if complete else None
@@ -97,7 +103,8 @@ def save_checkpoint(
     }
     if ema is not None:
         state["ema"] = ema  # name -> tensor (DTensor shards under FSDP2)
-    dcp.save(state, checkpoint_id=str(partial))
+    with dcp_reader.unwrapped():  # a Ctrl-C inside DCP arrives as itself
+        dcp.save(state, checkpoint_id=str(partial))
     torch.save(rank_state, partial / f"rank-{rank:05d}.pt")
     if rank == 0:
         (partial / "trainer.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
@@ -111,6 +118,15 @@ def save_checkpoint(
         _prune(directory, keep)
     _barrier()
     return final
+
+
+def remove_partial(run_dir: str | Path) -> list[Path]:
+    """Remove the `.partial` checkpoint folders under a run folder (saves a kill interrupted); they are never read,
+    and the command that was interrupted removes them on its way out."""
+    found = sorted(Path(run_dir).glob("**/checkpoints/step-*.partial"))
+    for folder in found:
+        shutil.rmtree(folder, ignore_errors=True)
+    return found
 
 
 def _prune(directory: Path, keep: int) -> None:
@@ -136,30 +152,35 @@ def load_checkpoint(
     }
     if ema is not None:
         state["ema"] = ema  # loaded in place
-    dcp.load(state, checkpoint_id=str(path))
-    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    trainer_state = json.loads((path / "trainer.json").read_text())
+    trainer_state = read_trainer_state(path)  # the small files first: a damaged one fails before the long read
     rank_file = path / f"rank-{rank:05d}.pt"
     if not rank_file.is_file():
         raise ValueError(f"{path} was saved with fewer ranks (no {rank_file.name}); resume with the same world size")
-    rank_state = torch.load(rank_file, weights_only=True)
+    rank_state = dcp_reader.load_rank_file(rank_file)
+    dcp_reader.load(state, path)
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
     return trainer_state, rank_state
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's `trainer.json` (step, scheduler, config, ...), bounded and checked to hold an integer step."""
+    state = safe_read.read_json(Path(path) / "trainer.json", "checkpoint state")
+    if isinstance(state.get("step"), bool) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise ValueError(f"{Path(path) / 'trainer.json'} has no valid step")
+    return state
 
 
 def stored_tensors(path: str | Path) -> dict[str, Any]:
     """A DCP checkpoint's entries, read from its metadata alone: "model.<name>" / "ema.<name>" -> tensor metadata
     (`.size`, `.properties.dtype`)."""
-    return dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return dcp_reader.read_metadata(path).state_dict_metadata
 
 
 def read_tensors(request: dict[str, Any], path: str | Path) -> None:
     """Fill `request` ({"model": {name: tensor}, "ema": {...}}) in place from a checkpoint, in ONE process: also
     when called on one rank of a torchrun job, there are no collectives (so no hang)."""
-    single = {"no_dist": True} if "no_dist" in inspect.signature(dcp.load).parameters else {}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(request, checkpoint_id=str(path), **single)
+    dcp_reader.load(request, path, single=True)
 
 
 def load_weights(
@@ -187,6 +208,6 @@ def load_weights(
         if ema and f"ema.{name}" in saved:
             wanted["ema"][name] = torch.empty_like(tensor)
     request = {k: v for k, v in wanted.items() if v}
-    dcp.load(request, checkpoint_id=str(path), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    dcp_reader.load(request, path, partial=True)
     model.load_state_dict({**current, **wanted["model"]})
     return (wanted["ema"] if ema else None), fresh

@@ -23,7 +23,6 @@ before the weights are read or anything is written. Written files get ordinary p
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from motif_video import bounds, safe_read
+from motif_video.atomic import remove_stale
 from motif_video.core.lora import merge_lora_state_dict, model_state_dict_merged
 from motif_video.core.release import read_index, resolve_folder
 from motif_video.core.release_writer import check_fits, copy_release, ordinary_modes
+from motif_video.core.run_folder import check_output_folder
 from motif_video.models.checkpoint_io import (
     CONFIG_NAME,
     CheckpointError,
@@ -46,7 +48,13 @@ from motif_video.models.checkpoint_io import (
 )
 from motif_video.models.config import PRESETS, MotifVideoConfig
 from motif_video.models.transformer import MotifVideoTransformer
-from motif_video.training.checkpoint import COMPLETE, latest_checkpoint, read_tensors, stored_tensors
+from motif_video.training.checkpoint import (
+    COMPLETE,
+    latest_checkpoint,
+    read_tensors,
+    read_trainer_state,
+    stored_tensors,
+)
 from motif_video.training.parallel import world
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -82,6 +90,9 @@ def export_transformer(
     dtype: cast floating weights.
     base: a release folder or hub id whose other components make `out_dir` a release; they must fit the model.
     """
+    out = check_output_folder(out_dir, "output")  # a file, or a folder we cannot write: refused before the long read
+    if lora_alpha is not None:
+        bounds.real("lora_alpha", lora_alpha, 0.0, lo_open=True)
     release = None if base is None else resolve_folder(base)
     if release is not None:
         read_index(release)  # an incomplete base fails here, before the long read
@@ -96,15 +107,15 @@ def export_transformer(
         state, config = _from_model(model_or_checkpoint)
         fits(config)
     elif exported is not None:
-        fits(json.loads((exported / CONFIG_NAME).read_text()))
+        fits(safe_read.read_json(exported / CONFIG_NAME, "config"))
         state, config = _from_model(MotifVideoTransformer.from_pretrained(exported, fuse_qkv=False))
     else:
         path = resolve_checkpoint(model_or_checkpoint)
         state, config, used_ema, step = _from_checkpoint(path, use_ema, model_config, lora_alpha, fits)
     model = _plain_model(state, config, dtype)
-    out = Path(out_dir)
     if world()[0] != 0:  # an FSDP2 model is gathered on every rank (full_tensor is collective); rank 0 writes
         return ExportResult(out if base is None else out / "transformer", None if base is None else out, used_ema, step)
+    remove_stale(out)  # temporaries of a killed earlier export
     if release is None:
         save_transformer(model, out, max_shard_size=max_shard_size)
         ordinary_modes(out)
@@ -163,7 +174,7 @@ def _from_checkpoint(
     path: Path, use_ema: bool, model_config: Any, lora_alpha: float | None, check: Callable[[Any], None]
 ) -> tuple[dict[str, torch.Tensor], MotifVideoConfig, bool, int | None]:
 
-    trainer = json.loads((path / "trainer.json").read_text()) if (path / "trainer.json").is_file() else {}
+    trainer = read_trainer_state(path) if (path / "trainer.json").is_file() else {}
     stored = stored_tensors(path)
     model_md = {k[len("model.") :]: md for k, md in stored.items() if k.startswith("model.")}
     ema_md = {k[len("ema.") :]: md for k, md in stored.items() if k.startswith("ema.")}
@@ -227,10 +238,7 @@ def _resolve_config(given: Any, stored: dict[str, Any] | None, checkpoint: Path)
     candidates = [path] if path.is_file() else [path / "config.json", path / "transformer" / "config.json"]
     for candidate in candidates:
         if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"model config {candidate} is not valid JSON: {err}") from None
+            return safe_read.read_json(candidate, "model config")
     raise ValueError(f"model config {given!r} is neither a preset ({sorted(PRESETS)}) nor a config.json / folder")
 
 

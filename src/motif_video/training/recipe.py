@@ -7,7 +7,9 @@ sources (prepared shard folders or sampler plans, one per kind: e.g. `image` and
 steps, learning rate and warmup, the TREAD route, REPA (on/off, teacher), objective settings, and whether Shared
 Cross-Attention is inserted at its start.
 
-Files: TOML or JSON with the same fields (`load_recipe`); unknown keys are errors that list the known ones. A
+Files: TOML or JSON with the same fields (`load_recipe`, bounded in size and nesting); unknown keys are errors that
+list the known ones, and every value is checked against its field's type and bounds (`lr = "fast"`, `steps = 2.5`,
+`checkpoint_every = 0` are errors naming the field). A
 `[stage_defaults]` table fills every stage's missing fields (nested tables merge one level). Presets are Python
 data (`RECIPE_PRESETS`): `cpu-tiny` (a CPU run of a minute on synthetic shards, every feature on) and
 `motif-video-2b` (the report's curriculum at full size; its data paths and step counts are placeholders to edit,
@@ -29,12 +31,17 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser from PyPI
     import tomli as tomllib
 
+from motif_video import bounds, safe_read
+from motif_video.core.shards import parse_bucket
 from motif_video.training.objective import ObjectiveConfig
 from motif_video.training.parallel import ParallelConfig
 from motif_video.training.repa import REPAConfig
 from motif_video.training.trainer import RouteConfig
 
 SYNTHETIC = "synthetic"  # a source path that makes synthetic shards in the run folder (tests, smoke runs)
+MAX_SEED = 2**40  # the per-rank generators are seeded with seed * 100_003 + rank, which must fit in 64 bits
+MAX_STEPS = 10**9
+MAX_RECIPE_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,13 @@ class Source:
         object.__setattr__(self, "buckets", tuple(self.buckets))
         if self.path == SYNTHETIC and not self.buckets:
             raise ValueError('a synthetic source needs buckets, e.g. buckets = ["1x32x32"]')
+        for bucket in self.buckets:
+            try:
+                parse_bucket(bucket)
+            except ValueError:
+                raise ValueError(f"bucket {bucket!r} must be FRAMESxHEIGHTxWIDTH, e.g. 17x64x64") from None
+        bounds.integer("synthetic_shards", self.synthetic_shards, 1, 100_000)
+        bounds.integer("shuffle_window", self.shuffle_window, 0)
         sizes = self.batch_size.values() if isinstance(self.batch_size, dict) else [self.batch_size]
         if any(int(s) < 1 for s in sizes):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -92,8 +106,13 @@ class Stage:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interleave", tuple(self.interleave) or tuple(sorted(self.sources)))
-        if self.steps < 1:
+        if bounds.integer(f"stage {self.name!r}: steps", self.steps) < 1:
             raise ValueError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+        bounds.integer(f"stage {self.name!r}: steps", self.steps, 1, MAX_STEPS)
+        bounds.real(f"stage {self.name!r}: lr", self.lr, 0.0, 10.0, lo_open=True)
+        bounds.integer(f"stage {self.name!r}: warmup_steps", self.warmup_steps, 0)
+        if self.text_lr is not None:
+            bounds.real(f"stage {self.name!r}: text_lr", self.text_lr, 0.0, 10.0, lo_open=True)
         if not self.sources:
             raise ValueError(f"stage {self.name!r} has no data sources")
         if not self.name or "/" in self.name:
@@ -132,6 +151,18 @@ class Recipe:
         object.__setattr__(self, "betas", tuple(self.betas))
         if not self.stages:
             raise ValueError("a recipe needs at least one stage")
+        bounds.integer("seed", self.seed, 0, MAX_SEED)
+        bounds.integer("log_every", self.log_every, 1)
+        bounds.integer("checkpoint_every", self.checkpoint_every, 1)
+        bounds.integer("keep_checkpoints", self.keep_checkpoints, 0)
+        if self.ema_decay is not None:
+            bounds.real("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
+        bounds.real("grad_clip", self.grad_clip, 0.0, lo_open=True, allow_inf=True)
+        bounds.real("weight_decay", self.weight_decay, 0.0)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {list(self.betas)}")
+        for beta in self.betas:
+            bounds.real("betas", beta, 0.0, 1.0, hi_open=True)
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -164,6 +195,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for name, value in data.items():
         nested = _NESTED.get((cls, name))
         if nested is not None and value is not None:
+            if name in ("sources", "stages") and not isinstance(value, dict if name == "sources" else list):
+                raise ValueError(f"{where}.{name} must be a {'table' if name == 'sources' else 'list'}")
             if name == "sources":
                 value = {k: _build(Source, v, f"{where}.sources.{k}") for k, v in value.items()}
             elif name == "stages":
@@ -172,9 +205,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 value = _build(nested, value, f"{where}.{name}")
         kwargs[name] = value
     try:
+        bounds.check_fields(cls, kwargs, where)
         return cls(**kwargs)
     except TypeError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise ValueError(f"{where}: {err}" if not str(err).startswith(where) else str(err)) from None
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}" if not str(err).startswith(where) else str(err)) from None
 
 
 _NESTED: dict[tuple[type, str], type] = {
@@ -189,10 +225,16 @@ _NESTED: dict[tuple[type, str], type] = {
 
 
 def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table/object of recipe fields, got {type(data).__name__}")
     data = dict(data)
     defaults = data.pop("stage_defaults", {}) or {}
+    if not isinstance(defaults, dict) or not isinstance(data.get("stages", []), list):
+        raise ValueError(f"{where}: stage_defaults must be a table and stages a list of tables")
     stages = []
     for stage in data.get("stages", []):
+        if not isinstance(stage, dict):
+            raise ValueError(f"{where}: every stage must be a table, got {type(stage).__name__}")
         merged = dict(defaults)
         for key, value in stage.items():
             both = isinstance(value, dict) and isinstance(merged.get(key), dict)
@@ -205,14 +247,16 @@ def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read a .toml or .json recipe; relative data/model paths are resolved against the file's folder."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ValueError(f"cannot read recipe {path}: {err.strerror or err}") from None
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"recipe {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {err}") from None
+    text = safe_read.read_text(path, "recipe", MAX_RECIPE_BYTES)
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, RecursionError) as err:
+            raise ValueError(f"recipe {path} is not valid toml: {err}") from None
+    else:
+        data = safe_read.parse_json(text, f"recipe {path}", kind=None)
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path} must hold a table/object of recipe fields, got {type(data).__name__}")
     if "preset" in data:
         base = get_recipe_preset(data.pop("preset")).to_dict()
         data = {**base, **data}

@@ -1,10 +1,12 @@
 """Run a `Recipe`: its stages in order, each a resumable `train()` call, with metrics and a final export.
 
 Layout of a run folder:
-    recipe.json                      the resolved recipe (a different one is an error; appending stages or
-                                     lengthening the last one is not; fields added since take their defaults)
+    recipe.json                      the resolved recipe (a different one is an error once a checkpoint exists;
+                                     appending stages or lengthening the last one is not; fields added since take
+                                     their defaults); checked with every file it names first (`preflight.py`)
     metrics.jsonl, tensorboard/      one row per log step, global step numbers (`metrics.py`)
-    data/<stage>-<source>/           synthetic shards (only for `path = "synthetic"` sources)
+    data/<stage>-<source>/           synthetic shards (only for `path = "synthetic"` sources), complete once their
+                                     `synthetic.json` exists (else written again from the start)
     stages/NN-<name>/checkpoints/    that stage's checkpoints (`checkpoint.py`); complete at step == stage.steps
     final/transformer/               the last stage's EMA (or raw) weights in the official folder format
 
@@ -33,24 +35,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from motif_video import atomic
 from motif_video.core.shard_reader import ShardReader, decode_sample, read_tar, resolve_shards
 from motif_video.core.shards import NULL_TEXT_FILE, complete_shards, parse_bucket
-from motif_video.models.config import MotifVideoConfig, get_preset
 from motif_video.models.transformer import MotifVideoTransformer
 from motif_video.training.checkpoint import latest_checkpoint, load_weights
 from motif_video.training.flops import peak_flops_for, step_flops_fn
 from motif_video.training.insert_cross_attention import insert_shared_cross_attention
 from motif_video.training.interleave import InterleavedBatches
 from motif_video.training.parallel import is_distributed, parallelize, world
-from motif_video.training.recipe import SYNTHETIC, Recipe, Source, Stage, recipe_from_dict
+from motif_video.training.preflight import check_recipe, model_config, write_recipe
+from motif_video.training.recipe import SYNTHETIC, Recipe, Source, Stage
 from motif_video.training.repa import REPAProjector
 from motif_video.training.text_tuning import TEXT_PREFIX, load_text_encoder, set_text_trainable
 from motif_video.training.train_module import TrainModule, unwrap
 from motif_video.training.trainer import TrainConfig, train
 
 logger = logging.getLogger(__name__)
-RECIPE_FILE = "recipe.json"
 
 
 def stage_dir(run_dir: Path, index: int, stage: Stage) -> Path:
@@ -94,11 +94,7 @@ def build_transformer(recipe: Recipe) -> MotifVideoTransformer:
         if (folder / "transformer").is_dir():
             folder = folder / "transformer"
         return MotifVideoTransformer.from_pretrained(str(folder), torch_dtype=torch.float32, fuse_qkv=False)
-    if source.preset:
-        config = get_preset(source.preset)
-    else:
-        config = MotifVideoConfig.from_dict(json.loads(Path(source.config).read_text()))
-    model = MotifVideoTransformer(config.replace(**source.overrides) if source.overrides else config)
+    model = MotifVideoTransformer(model_config(recipe))
     model.init_weights(generator=torch.Generator().manual_seed(recipe.seed))
     return model
 
@@ -117,8 +113,9 @@ def run_recipe(
     on_log / on_step_end: `trainer.train`'s callbacks, with global step numbers and the stage's name in the rows."""
     run_dir = Path(run_dir)
     rank, world_size = world()
+    check_recipe(recipe, run_dir, resume)  # every file the recipe names, before anything is written
     device = _device(device)
-    _write_recipe(recipe, run_dir, rank, resume)
+    write_recipe(recipe, run_dir, rank, resume)
     rows: list[dict[str, Any]] = []
     for index, stage in enumerate(recipe.stages):
         if stage_final(run_dir, index, stage) is not None:
@@ -163,53 +160,6 @@ def _device(device: str | torch.device) -> torch.device:
     if str(device) != "auto":
         return torch.device(device)
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _write_recipe(recipe: Recipe, run_dir: Path, rank: int, resume: bool) -> None:
-    path = run_dir / RECIPE_FILE
-    payload = recipe.to_dict()
-    extends = False
-    if path.is_file() and resume:
-        saved = _current_form(json.loads(path.read_text()))
-        extends = _extends(saved, payload)
-        if saved != payload and not extends:
-            changed = sorted(k for k in set(saved) | set(payload) if saved.get(k) != payload.get(k))
-            raise ValueError(
-                f"{run_dir} holds a run of a different recipe (fields {changed} differ): resume with the same "
-                "recipe (more stages may be appended, or the last one lengthened), or give a new --output folder"
-            )
-        if extends:
-            added = len(payload["stages"]) - len(saved["stages"])
-            logger.info("the recipe extends the run in %s (%d stage(s) appended)", run_dir, added)
-    if (not path.is_file() or not resume or extends) and rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
-    if is_distributed():
-        dist.barrier()
-
-
-def _current_form(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved recipe as this code writes it: a field added since (with its default) is not a change of recipe."""
-    try:
-        return recipe_from_dict(saved).to_dict()
-    except (TypeError, ValueError, KeyError):
-        return saved  # not loadable as it is: compared raw, and reported as a different recipe
-
-
-def _extends(saved: dict[str, Any], payload: dict[str, Any]) -> bool:
-    """True when `payload` continues the run of `saved`: the same recipe with more stages appended and/or more steps
-    for its last stage (learning rates are constant after warmup, so either equals having planned it so; a last stage
-    that decays its lr has already taken decayed steps, so it cannot be lengthened)."""
-    same = {k: v for k, v in saved.items() if k != "stages"} == {k: v for k, v in payload.items() if k != "stages"}
-    old, new = saved.get("stages", []), payload.get("stages", [])
-    if not same or not old or len(new) < len(old) or new[: len(old) - 1] != old[:-1]:
-        return False
-    last, grown = old[-1], new[len(old) - 1]
-    if last == grown:
-        return len(new) > len(old)
-    rest = lambda stage: {k: v for k, v in stage.items() if k != "steps"}  # noqa: E731
-    longer = grown.get("steps", 0) > last.get("steps", 0)
-    return rest(last) == rest(grown) and longer and not last.get("decay_steps", 0)
 
 
 def _stage_model(recipe: Recipe, run_dir: Path, index: int, device: torch.device) -> tuple[TrainModule, Any]:
@@ -297,13 +247,12 @@ def _shards(
 ) -> list[Path] | Path:
     if source.path == SYNTHETIC:
         folder = Path(run_dir) / "data" / f"{stage.name}-{name}"
-        if rank == 0 and not complete_shards(folder):
-            from motif_video.core.synthetic_shards import write_synthetic_shards
+        if rank == 0:  # written whole or again from the start, so a kill mid-write resumes on the same data
+            from motif_video.core.synthetic_shards import ensure_synthetic_shards
 
-            dim = build_text_dim(recipe)
-            write_synthetic_shards(
+            ensure_synthetic_shards(
                 folder, max(source.synthetic_shards, world_size), [parse_bucket(b) for b in source.buckets],
-                seed=recipe.seed + index, image_tokens=False, text_dim=dim,
+                seed=recipe.seed + index, image_tokens=False, text_dim=model_config(recipe).text_embed_dim,
             )  # fmt: skip
         if is_distributed():
             dist.barrier()
@@ -319,12 +268,6 @@ def _shards(
     logger.warning("%s: no sampler plan, ranks take every %d-th shard (run `motif-video plan` to balance)", folder,
                    world_size)  # fmt: skip
     return shards
-
-
-def build_text_dim(recipe: Recipe) -> int:
-    if recipe.model.preset:
-        return get_preset(recipe.model.preset).replace(**recipe.model.overrides).text_embed_dim
-    return build_transformer(recipe).config.text_embed_dim
 
 
 def _reader(
@@ -370,11 +313,14 @@ def _online_teacher(recipe: Recipe, stage: Stage, model: TrainModule, device: to
         raise ValueError(f"stage {stage.name!r}: online REPA decodes latents: set `vae` to a release folder")
     from diffusers import AutoencoderKLWan
 
+    from motif_video.core.model_files import check_component_folder
     from motif_video.core.teachers import load_teacher
     from motif_video.training.repa_online import OnlineTargets
 
     folder = Path(recipe.vae)
-    vae = AutoencoderKLWan.from_pretrained(str(folder / "vae" if (folder / "vae").is_dir() else folder))
+    folder = folder / "vae" if (folder / "vae").is_dir() else folder
+    check_component_folder(folder, "vae")
+    vae = AutoencoderKLWan.from_pretrained(str(folder), use_safetensors=True)
     teacher = load_teacher(repa.teacher, repa.teacher_source, torch.float32, device, **repa.teacher_options())
     c = unwrap(model).config
     return OnlineTargets(vae.to(device), teacher, c.patch_size, c.patch_size_t)

@@ -39,14 +39,20 @@ def load_text_encoder(folder: str | Path, layers_added: int = 0) -> tuple[Any, A
     folder, or from a `text_encoder/` folder whose sibling is `tokenizer/`."""
     from transformers import AutoTokenizer, T5Gemma2Encoder
 
+    from motif_video.core.model_files import check_component_folder
+
     encoder_dir = release_part(folder, "text_encoder")
     tokenizer_dir = encoder_dir.parent / "tokenizer"
     for needed in (encoder_dir / "config.json", tokenizer_dir):
         if not needed.exists():
             raise ValueError(f"text_encoder {folder}: {needed} is missing; name a release folder with text_encoder/ "
                              "and tokenizer/")  # fmt: skip
-    encoder = T5Gemma2Encoder.from_pretrained(str(encoder_dir), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    check_component_folder(encoder_dir, "text_encoder")
+    check_component_folder(tokenizer_dir, "tokenizer")
+    encoder = T5Gemma2Encoder.from_pretrained(
+        str(encoder_dir), dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     if layers_added:
         encoder = grow_text_encoder(encoder, layers_added)
     return encoder, tokenizer

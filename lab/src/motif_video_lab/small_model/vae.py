@@ -258,7 +258,7 @@ def train_vae(
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     state_path, step = root / STATE_FILE, 0
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)  # tensors and plain values only
         if state["recipe"] != recipe:
             raise ValueError(f"{state_path} was trained with {state['recipe']}, not {recipe}")
         vae.load_state_dict(state["model"])
