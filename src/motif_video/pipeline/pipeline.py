@@ -40,6 +40,7 @@ from motif_video.pipeline.memory import MemoryModes
 from motif_video.pipeline.sampler import Condition, StepEnd, denoise
 from motif_video.pipeline.schedule import set_scheduler_sigmas, unshifted_scheduler
 from motif_video.pipeline.settings import GenerationSettings
+from motif_video.pipeline.step_cache import EncoderReuse, StepCache
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class MotifVideoPipeline(MemoryModes):
         self._progress_kwargs: dict[str, Any] = {}
         self._interrupt = False
         self.last_call: dict[str, Any] = {}  # the resolved settings of the latest call (for run records)
+        self.last_reuse: EncoderReuse | None = None  # the latest call's step reuse (`.calls` for FLOP counts)
 
     # ----------------------------------------------------------------- loading / saving
     @classmethod
@@ -214,6 +216,7 @@ class MotifVideoPipeline(MemoryModes):
         max_sequence_length: int = 512,
         batch_guidance: bool = True,
         vae_batch_size: int | None = None,
+        cache: str | StepCache | None = None,
     ) -> MotifVideoPipelineOutput | tuple[Any]:
         """Generate videos. Returns `.frames` (see `MotifVideoPipelineOutput`).
 
@@ -225,6 +228,7 @@ class MotifVideoPipeline(MemoryModes):
         `apg_*` override the pipeline's guidance config. `first_frame_latent`: "sample" draws the first-frame
         latent from the VAE posterior with `generator` (the reference), "mode" takes its mode.
         `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
+        `cache`: step reuse ("off", "ddt:N", "adaptive:T", ...; `step_cache.StepCache`), off by default.
         The same options as one object: `generate(prompt, GenerationSettings(...))`.
         """
         # 1. resolve and check the inputs
@@ -271,7 +275,7 @@ class MotifVideoPipeline(MemoryModes):
         )
         channels = latent_ops.condition_channels(first_frames, tuple(latents.shape), device, dtype)
         cond = Condition(*text, channels, image_tokens)
-        uncond = None if negative is None else Condition(*negative, channels, image_tokens)
+        uncond = None if negative is None else Condition(*negative, channels, image_tokens, branch="uncond")
 
         # 3. denoise
         scheduler = unshifted_scheduler(self.scheduler)
@@ -284,7 +288,10 @@ class MotifVideoPipeline(MemoryModes):
             device=str(device),
         )
         self._interrupt = False
+        reuse = StepCache.parse(cache)
         model = functools.partial(self._velocity, dtype=dtype, attention_kwargs=attention_kwargs)
+        self.last_reuse = None if reuse is None else EncoderReuse(self.transformer, reuse, dtype)
+        model = self.last_reuse or model
         with self.using("transformer"), tqdm(total=len(plan.sigmas), **self._progress_kwargs) as bar:
             step_end = self._step_end(plan, callback_on_step_end, bar.update)
             latents = denoise(
@@ -298,6 +305,9 @@ class MotifVideoPipeline(MemoryModes):
                 step_end=step_end,
                 stop=lambda: self._interrupt,
             )
+
+        if self.last_reuse is not None:
+            self.last_call["cache"] = self.last_reuse.summary()
 
         # 4. decode
         video = latents if output_type == "latent" else self.decode(latents, output_type, vae_batch_size)

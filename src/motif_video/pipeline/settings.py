@@ -17,6 +17,7 @@ import torch
 
 from motif_video.core.latent_space import check_noise_correlation, check_video_size
 from motif_video.pipeline.guidance import GUIDANCE_METHODS
+from motif_video.pipeline.step_cache import StepCache
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -46,6 +47,11 @@ class GenerationSettings:
         None,
         "correlation in [0, 1] between latent frames of the starting noise (default: the model's; official 0)",
     )
+    cache: str | None = option(
+        None,
+        "step reuse (a fast mode, off by default): ddt:N runs the encoder every N steps, adaptive:T when its input "
+        "changed by T; ',uncond=K' reuses the unconditional branch K times longer (quality cost: docs/performance.md)",
+    )
 
     def validate(self, patch: tuple[int, int] = (2, 1)) -> None:
         """Every check that needs no model; `patch`: the model's (spatial, temporal) patch. Raises ValueError."""
@@ -59,6 +65,8 @@ class GenerationSettings:
             check_noise_correlation(self.noise_correlation)
         if self.guidance is not None and self.guidance not in GUIDANCE_METHODS:
             raise ValueError(f"unknown guidance {self.guidance!r}: choose one of {', '.join(GUIDANCE_METHODS)}")
+        if self.cache is not None:
+            StepCache.parse(self.cache)
         if self.num_videos_per_prompt < 1:
             raise ValueError(f"num_videos_per_prompt must be at least 1, got {self.num_videos_per_prompt}")
 
