@@ -1,0 +1,77 @@
+"""What `bench_speed.py` (CPU) and `gpu_suite.py` (GPU) share: the named modes and how a run is timed per step.
+
+A mode is a name and the call options it adds to the pipeline: "exact" is the default path (the reference's
+numbers); the others are the fast modes, each with its measured quality cost in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+import motif_video
+
+# name -> pipeline call options. The step-reuse rules are those `bench_speed.py` measured on the small model.
+MODES: dict[str, dict[str, Any]] = {
+    "exact": {},
+    "ddt:2": {"cache": "ddt:2"},
+    "ddt:3": {"cache": "ddt:3"},
+    "ddt:3,uncond=2": {"cache": "ddt:3,uncond=2"},
+    "adaptive:0.3": {"cache": "adaptive:0.3"},
+    "adaptive:0.5,uncond=2": {"cache": "adaptive:0.5,uncond=2"},
+}
+HEADLINE = "ddt:3,uncond=2"  # the fast mode the 1280x736x121 GPU row times (a fixed period: exact per-step mean)
+
+
+def period(mode: str) -> int:
+    """Steps after which a mode's pattern of encoder runs repeats (1 for exact and adaptive rules): a timed run
+    of 1 + k * period steps averages whole periods."""
+    cache = MODES[mode].get("cache", "")
+    if not cache.startswith("ddt:"):
+        return 1
+    interval, _, option = cache[4:].partition(",")
+    factor = int(float(option.partition("=")[2])) if option.startswith("uncond=") else 1
+    return int(interval) * factor
+
+
+@contextmanager
+def attention_backend(name: str | None):
+    """Our attention backend for the duration (None: leave it)."""
+    if name is None:
+        yield
+        return
+    before = motif_video.models.get_attention_backend()
+    motif_video.set_attention_backend(name)
+    try:
+        yield
+    finally:
+        motif_video.set_attention_backend(before)
+
+
+class StepMarks:
+    """A step-end callback that records when each step ended (after `sync`, e.g. a CUDA synchronize)."""
+
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
+        self.sync = sync
+        self.marks: list[float] = []
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
+        self.sync()
+        self.marks.append(time.perf_counter())
+        return {}
+
+    def mean_ms(self) -> float:
+        """Mean of the step intervals: every step but the first (which no interval sees)."""
+        intervals = [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+        return sum(intervals) / len(intervals)
+
+
+def psnr(frames: Any, reference: Any) -> float:
+    """Mean over videos of the PSNR (dB) of frames in [0, 1] against the reference's: (B, F, H, W, 3) arrays."""
+    a, b = torch.as_tensor(frames, dtype=torch.float64), torch.as_tensor(reference, dtype=torch.float64)
+    mse = (a - b).square().flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(1 / mse)).mean())
