@@ -14,23 +14,43 @@ from typing import Any
 import torch
 
 import motif_video
+from motif_video.pipeline.step_cache import StepCache
 
 # name -> pipeline call options. The step-reuse rules are those `bench_speed.py` measured on the small model.
 MODES: dict[str, dict[str, Any]] = {
-    "exact": {},
-    "ddt:2": {"cache": "ddt:2"},
-    "ddt:3": {"cache": "ddt:3"},
-    "ddt:3,uncond=2": {"cache": "ddt:3,uncond=2"},
-    "adaptive:0.3": {"cache": "adaptive:0.3"},
-    "adaptive:0.5,uncond=2": {"cache": "adaptive:0.5,uncond=2"},
+    name: ({"cache": name} if name != "exact" else {})
+    for name in (
+        "exact",
+        "ddt:2",
+        "ddt:3",
+        "ddt:4",
+        "ddt:2,uncond=2",
+        "ddt:3,uncond=2",
+        "adaptive:0.2",
+        "adaptive:0.3",
+        "adaptive:0.4",
+        "adaptive:0.3,uncond=2",
+        "adaptive:0.5,uncond=2",
+    )
 }
+MODES["split"] = {"split_encoder": True}
+
+
+def mode_options(name: str) -> dict[str, Any]:
+    """A named mode's call options; any other step-reuse rule ("ddt:5,uncond=3", ...) is a mode of its own."""
+    if name in MODES:
+        return dict(MODES[name])
+    StepCache.parse(name)  # raises ValueError for what is not a rule
+    return {"cache": name}
+
+
 HEADLINE = "ddt:3,uncond=2"  # the fast mode the 1280x736x121 GPU row times (a fixed period: exact per-step mean)
 
 
 def period(mode: str) -> int:
     """Steps after which a mode's pattern of encoder runs repeats (1 for exact and adaptive rules): a timed run
     of 1 + k * period steps averages whole periods."""
-    cache = MODES[mode].get("cache", "")
+    cache = mode_options(mode).get("cache", "")
     if not cache.startswith("ddt:"):
         return 1
     interval, _, option = cache[4:].partition(",")

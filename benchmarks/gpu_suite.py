@@ -43,7 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import HEADLINE, MODES, StepMarks, attention_backend, period
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import MotifVideoPipeline as ReferencePipeline
+from diffusers.utils import logging as diffusers_logging
+
+from _common import HEADLINE, MODES, StepMarks, attention_backend, mode_options, period
 from bench_memory_modes import MODES as MEMORY_MODES
 from bench_memory_modes import measure as measure_memory_mode
 from bench_pipeline import GPU_TEXT, random_official_transformer, reference_transformer, text_embeddings
@@ -51,13 +55,10 @@ from bench_transformer import make_inputs
 from bench_tread import build as build_training_model
 from bench_tread import make_inputs as training_inputs
 from bench_tread import time_steps as time_training_steps
-from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers import MotifVideoPipeline as ReferencePipeline
-from diffusers.utils import logging as diffusers_logging
-
 from motif_video.core.flow import DEFAULT_SHIFT_T2V
 from motif_video.models.attention import available_backends
 from motif_video.pipeline import MotifVideoPipeline
+from motif_video.pipeline.compile import compile_blocks, uncompile_blocks
 from motif_video.pipeline.tiny import build_guider, build_text_encoder, build_tiny_components, build_vae
 from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
 
@@ -66,6 +67,7 @@ BUDGET_S = {"parity": 15, "step": 80, "training": 30, "pytest": 45, "step-720": 
 FULL = dict(preset="motif-video-2b", dtype=torch.bfloat16, sizes=((832, 480, 49), (1280, 736, 121)), route=(2, 24, 0.5))
 FULL["scale"] = 22.0  # a 720p step over a 480p one (diffusers' forward: 11,250 / 515 ms), to skip what cannot fit
 SMOKE = dict(preset="tiny", dtype=torch.float32, sizes=((32, 32, 9), (48, 32, 9)), route=(1, 5, 0.5), scale=2.0)
+COMPILE_S = 150.0  # a guess at compiling the blocks with inductor (dynamic shapes), to skip it when it cannot fit
 GEMMA3_4B = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8)
 GEMMA3_4B |= dict(num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024)
 SIGLIP_896 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
@@ -170,7 +172,9 @@ def steps_section(
     width, height, frames = size
     label = f"step {width}x{height}x{frames}"
     z = ours.transformer.config.out_channels
-    noise = torch.randn(1, z, (frames - 1) // 4 + 1, height // 8, width // 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(
+        1, z, (frames - 1) // 4 + 1, height // 8, width // 8, generator=torch.Generator().manual_seed(0)
+    )
     common = dict(height=height, width=width, num_frames=frames, output_type="latent", latents=noise.to(s.device))
     args = {"ours": {**common, **text["ours"], "shift": DEFAULT_SHIFT_T2V}, "ref": {**common, **text["ref"]}}
     first = estimate_ms == 0
@@ -179,24 +183,42 @@ def steps_section(
             step_ms(s, pipe, args[name], 2)
     ref_ms = exact_ms = None
     for mode in ["diffusers", *modes]:
-        every = 1 if mode == "diffusers" else period(mode)
+        every = 1 if mode in ("diffusers", "sage", "compile") else period(mode)
         steps = 1 + every * (-(-4 // every) if first else 1)  # whole periods: 4+ steps timed at the first size
-        if not first and not s.fits(label, mode, estimate_ms * steps / 1e3):
+        extra_s = COMPILE_S if mode == "compile" else 0.0
+        if estimate_ms and not s.fits(label, mode, estimate_ms * (steps + 2 * (mode == "compile")) / 1e3 + extra_s):
             continue
         started = time.perf_counter()
         if mode == "diffusers":
             ref_ms = step_ms(s, ref, args["ref"], steps)
             s.add(label, "diffusers pipeline", "-", fmt_ms(ref_ms), "-", f"mean of steps 2..{steps}")
         else:
-            options = dict(MODES.get(mode, {}), backend="sage" if mode == "sage" else None)
-            ms = step_ms(s, ours, args["ours"], steps, **options)
+            ms, note = ours_mode(s, ours, args["ours"], mode, steps)
             exact_ms = ms if mode == "exact" else exact_ms
-            reuse = ours.last_call.get("cache", {}) if "cache" in options else {}
-            note = "; ".join(f"{k} {v}" for k, v in reuse.items() if k != "rule") or f"mean of steps 2..{steps}"
             ratio = f"{ms / ref_ms:.2f}" if ref_ms else "-"
             s.add(label, mode, fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
-        estimate_ms = max(estimate_ms, (time.perf_counter() - started) * 1e3 / steps)
+        if mode != "compile":  # its warm-up compiles: no measure of a step
+            estimate_ms = max(estimate_ms, (time.perf_counter() - started) * 1e3 / steps)
     return exact_ms or estimate_ms
+
+
+def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: str, steps: int) -> tuple[float, str]:
+    """Our ms/step in one mode and the row's note. "sage": SageAttention kernels; "compile": regional compile
+    (`pipeline.compile`), whose compilation happens in an untimed warm-up call."""
+    if mode == "compile":
+        compile_blocks(ours.transformer, backend="eager" if s.smoke else "inductor")  # smoke: dynamo only
+        try:
+            started = time.perf_counter()
+            step_ms(s, ours, args, 2)
+            compile_s = time.perf_counter() - started
+            return step_ms(s, ours, args, steps), f"compiling + 2 warm-up steps: {compile_s:.0f} s"
+        finally:
+            uncompile_blocks(ours.transformer)
+    options = {"backend": "sage"} if mode == "sage" else mode_options(mode)
+    ms = step_ms(s, ours, args, steps, **options)
+    reuse = ours.last_call.get("cache", {}) if "cache" in options else {}
+    note = "; ".join(f"{k} {v}" for k, v in reuse.items() if k != "rule") or f"mean of steps 2..{steps}"
+    return ms, note
 
 
 def training(s: Suite, preset: str, size: tuple[int, int, int], route: tuple[int, int, float]) -> None:
@@ -284,7 +306,11 @@ def versions() -> str:
     import diffusers
     import transformers
 
-    parts = [f"torch {torch.__version__}", f"diffusers {diffusers.__version__}", f"transformers {transformers.__version__}"]
+    parts = [
+        f"torch {torch.__version__}",
+        f"diffusers {diffusers.__version__}",
+        f"transformers {transformers.__version__}",
+    ]
     for name in ("torchao", "sageattention", "flash_attn"):
         try:
             module = __import__(name)
@@ -308,7 +334,7 @@ def run(args: argparse.Namespace) -> Suite:
     s.add("build", "transformers", f"{time.perf_counter() - started:.0f} s", "-", "-", f"{setup['preset']} ({n:.2f}B)")
     text = text_embeddings(ours_model.config.text_embed_dim, s.device, s.dtype, 0)
     pipes = pipelines(s, ours_model, ref_model)
-    modes = list(MODES) + (["sage"] if "sage" in available_backends() and cuda else [])
+    modes = list(MODES) + (["sage"] if "sage" in available_backends() and cuda else []) + ["compile"]
     chosen = set(args.sections)
     if "parity" in chosen:
         s.section("parity", lambda: parity(s, ours_model, ref_model, small))
@@ -322,7 +348,7 @@ def run(args: argparse.Namespace) -> Suite:
     if "step-720" in chosen:
         guess = (measured["step"] or 1e3) * setup["scale"]  # from this run's 480p step, else a 1 s guess
         s.section("step-720", lambda: steps_section(s, pipes, text, large, ["exact", HEADLINE], guess))
-    del pipes, ref_model
+    pipes = ref_model = None  # the memory modes build their own pipelines from CPU copies
     if "memory" in chosen:
         s.section("memory", lambda: memory(s, ours_model, small, args.text_encoder == "official"))
     return s

@@ -136,3 +136,42 @@ def test_parse_and_settings():
         GenerationSettings(cache="ddt:0").validate()
     args = build_parser().parse_args(["generate", "--prompt", "a dog", "--cache", "ddt:3"])
     assert args.cache == "ddt:3"
+
+
+def test_split_encoder_runs_no_masked_attention_and_matches_the_forward(pipe, monkeypatch):
+    import motif_video.models.blocks as blocks
+
+    cond, uncond = _conditions(pipe)
+    joint = stack_for_guidance(cond, uncond)  # unequal text lengths: the batched pass needs a key mask
+    masks = []
+    real = blocks.attention
+    monkeypatch.setattr(blocks, "attention", lambda q, k, v, mask=None: masks.append(mask) or real(q, k, v, mask))
+    latents, t = torch.randn(4, 16, 3, 4, 4, generator=torch.Generator().manual_seed(2)), torch.full((4,), 800.0)
+    with torch.no_grad():
+        plain = _forward(pipe, latents, t, joint)
+        assert any(m is not None for m in masks)
+        masks.clear()
+        split = EncoderReuse(pipe.transformer, StepCache("ddt"), torch.float32, split=True)(latents, t, joint)
+    assert masks and all(m is None for m in masks)
+    torch.testing.assert_close(split, plain, rtol=1e-4, atol=1e-5)
+    frames = _run(pipe, split_encoder=True)
+    torch.testing.assert_close(frames, _run(pipe), rtol=0, atol=1e-4)
+    assert pipe.last_reuse is None and GenerationSettings(split_encoder=True).call_kwargs()["split_encoder"]
+
+
+def test_calibrated_rule_follows_the_stored_curve(pipe):
+    from motif_video.pipeline.step_cache import calibrate
+
+    curve = calibrate(pipe, PROMPTS, negative_prompt="blurry", num_inference_steps=5, **SIZE)
+    assert len(curve["t"]) == 4 and len(curve["cond"]) == len(curve["uncond"]) == 4
+    assert all(r > 0 for r in curve["cond"] + curve["uncond"]) and curve["t"] == sorted(curve["t"], reverse=True)
+    with pytest.raises(ValueError, match="calibration"):
+        _run(pipe, cache="calibrated:0.1")  # the tiny release stores none
+    # A curve that says the conditional output never moves and the unconditional one always does
+    pipe.defaults = pipe.defaults.__class__(**{**vars(pipe.defaults), "step_cache": dict(curve, cond=[0.0] * 4)})
+    try:
+        _run(pipe, steps=5, cache="calibrated:0.001")
+    finally:
+        pipe.defaults = pipe.defaults.__class__(**{**vars(pipe.defaults), "step_cache": None})
+    runs = {b: [c.encoder for c in pipe.last_reuse.calls if c.branch == b] for b in ("cond", "uncond")}
+    assert runs == {"cond": [True] + [False] * 4, "uncond": [True] * 5}

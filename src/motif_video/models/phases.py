@@ -37,7 +37,7 @@ class Embedded:
     image_len: int
     grid: tuple[int, int, int]
 
-    def rows(self, rows: slice) -> Embedded:
+    def rows(self, rows: slice | torch.Tensor) -> Embedded:
         """The same phase input for a sub-batch (e.g. the conditional half of a guidance batch), with the text
         padding no row of it attends to trimmed off and the key mask dropped when every kept key is valid."""
         context, mask = self.context[rows], None if self.context_mask is None else self.context_mask[rows]
@@ -49,7 +49,9 @@ class Embedded:
             text_mask = None if text_mask is None else text_mask[:, : keep - self.image_len]
             if bool(mask.all()):
                 mask = text_mask = None
-        return Embedded(self.patches[rows], context, self.temb[rows], self.rope, mask, text_mask, self.image_len, self.grid)
+        return Embedded(
+            self.patches[rows], context, self.temb[rows], self.rope, mask, text_mask, self.image_len, self.grid
+        )
 
     def attention_context(self, keep: torch.Tensor | None = None, *, decoder: bool = False) -> AttentionContext:
         """For all N video tokens, or the K kept ones (keep: (B, K)). The decoder's context is video tokens of

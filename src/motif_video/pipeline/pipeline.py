@@ -217,6 +217,7 @@ class MotifVideoPipeline(MemoryModes):
         batch_guidance: bool = True,
         vae_batch_size: int | None = None,
         cache: str | StepCache | None = None,
+        split_encoder: bool = False,
     ) -> MotifVideoPipelineOutput | tuple[Any]:
         """Generate videos. Returns `.frames` (see `MotifVideoPipelineOutput`).
 
@@ -228,7 +229,8 @@ class MotifVideoPipeline(MemoryModes):
         `apg_*` override the pipeline's guidance config. `first_frame_latent`: "sample" draws the first-frame
         latent from the VAE posterior with `generator` (the reference), "mode" takes its mode.
         `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
-        `cache`: step reuse ("off", "ddt:N", "adaptive:T", ...; `step_cache.StepCache`), off by default.
+        `cache`: step reuse ("off", "ddt:N", "adaptive:T", ...; `step_cache.StepCache`), off by default;
+        `split_encoder=True`: the guidance batch's encoder runs per branch without a key mask (`step_cache`).
         The same options as one object: `generate(prompt, GenerationSettings(...))`.
         """
         # 1. resolve and check the inputs
@@ -290,7 +292,11 @@ class MotifVideoPipeline(MemoryModes):
         self._interrupt = False
         reuse = StepCache.parse(cache)
         model = functools.partial(self._velocity, dtype=dtype, attention_kwargs=attention_kwargs)
-        self.last_reuse = None if reuse is None else EncoderReuse(self.transformer, reuse, dtype)
+        if reuse is not None or split_encoder:
+            rule, curve = reuse or StepCache("ddt"), self.defaults.step_cache
+            self.last_reuse = EncoderReuse(self.transformer, rule, dtype, split_encoder, curve)
+        else:
+            self.last_reuse = None
         model = self.last_reuse or model
         with self.using("transformer"), tqdm(total=len(plan.sigmas), **self._progress_kwargs) as bar:
             step_end = self._step_end(plan, callback_on_step_end, bar.update)

@@ -49,8 +49,12 @@ class GenerationSettings:
     )
     cache: str | None = option(
         None,
-        "step reuse (a fast mode, off by default): ddt:N runs the encoder every N steps, adaptive:T when its input "
-        "changed by T; ',uncond=K' reuses the unconditional branch K times longer (quality cost: docs/performance.md)",
+        "step reuse (a fast mode, off by default): ddt:N runs the encoder every N steps; adaptive:T or calibrated:T "
+        "when its input, or its output as calibrated on the model, has moved by T; ',uncond=K' reuses the "
+        "unconditional branch K times longer (quality cost per mode: docs/performance.md)",
+    )
+    split_encoder: bool = option(
+        False, "run the encoder per guidance branch without a text key mask (same numbers up to rounding)"
     )
 
     def validate(self, patch: tuple[int, int] = (2, 1)) -> None:
