@@ -27,5 +27,5 @@ def test_gpu_suite_smoke(tmp_path):
     assert {"build", "parity", "step", "training", "pytest", "memory"} <= sections, sections
     assert not [row for row in rows if row[1] == "error" or "skipped" in row[-1]], rows
     steps = [row for row in rows if row[0].startswith("| step 32x32x9")]
-    assert {"diffusers pipeline", "exact", "ddt:2"} <= {row[1] for row in steps}
+    assert {"diffusers pipeline", "exact", "split", "ddt:2", "compile"} <= {row[1] for row in steps}
     assert any(row[0].startswith("| step 48x32x9") for row in rows)  # the larger size ran too
