@@ -23,10 +23,13 @@ not fit what is left of its section or of the run is skipped with the reason:
   pytest    `pytest -m gpu`
   step-720  1280x736x121: diffusers, our exact mode and the headline fast mode (`_common.HEADLINE`)
   memory    peak memory and step time of each memory mode at 832x480x49 (`bench_memory_modes.measure`)
+  compile   opt-in on the GPU (`--sections ... compile`; the smoke run includes it): our exact mode with
+            compiled blocks (`pipeline.compile`), compile time in the note
 Per step: a step-end callback marks each step after a CUDA synchronize; "ms/step" is the mean interval over
 steps 2..S of one timed call (S = 1 + whole periods of the mode's encoder-reuse pattern, after a warm-up call),
 so a fast mode's row is its average step. Fast-mode rows run on random weights: the adaptive rules' encoder
-counts say nothing about a trained model; their quality is measured on CPU (`bench_speed.py`).
+and calibrated rules' encoder counts say nothing about a trained model (the calibrated ones use the small
+model's curve); their quality is measured on CPU (`bench_speed.py`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from diffusers.utils import logging as diffusers_logging
 from _common import HEADLINE, MODES, StepMarks, attention_backend, mode_options, period
 from bench_memory_modes import MODES as MEMORY_MODES
 from bench_memory_modes import measure as measure_memory_mode
+from bench_memory_modes import text_encoder
 from bench_pipeline import GPU_TEXT, random_official_transformer, reference_transformer, text_embeddings
 from bench_transformer import make_inputs
 from bench_tread import build as build_training_model
@@ -60,7 +64,7 @@ from motif_video.core.release import read_defaults, read_index, small_model_dir
 from motif_video.models.attention import available_backends
 from motif_video.pipeline import MotifVideoPipeline
 from motif_video.pipeline.compile import compile_blocks, uncompile_blocks
-from motif_video.pipeline.tiny import build_guider, build_text_encoder, build_tiny_components, build_vae
+from motif_video.pipeline.tiny import build_guider, build_tiny_components, build_vae
 from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,10 +77,6 @@ FULL = dict(preset="motif-video-2b", dtype=torch.bfloat16, sizes=((832, 480, 49)
 FULL["scale"] = 22.0  # a 720p step over a 480p one (diffusers' forward: 11,250 / 515 ms), to skip what cannot fit
 SMOKE = dict(preset="tiny", dtype=torch.float32, sizes=((32, 32, 9), (48, 32, 9)), route=(1, 5, 0.5), scale=2.0)
 COMPILE_S = 150.0  # a guess at compiling the blocks with inductor (dynamic shapes) on the GPU, to skip what cannot fit
-GEMMA3_4B = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8)
-GEMMA3_4B |= dict(num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024)
-SIGLIP_896 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
-SIGLIP_896 |= dict(image_size=896, patch_size=14, vision_use_head=False)
 
 
 @dataclass
@@ -273,21 +273,6 @@ def pytest_gpu(s: Suite) -> None:
     s.add("pytest -m gpu", " ".join(target), result, "-", "-", f"{time.perf_counter() - started:.0f} s")
 
 
-def text_encoder(official: bool, device: torch.device, dtype: torch.dtype) -> tuple[Any, str]:
-    """The T5Gemma2 encoder with the official 4B-4B encoder config (random) or the 2-layer stand-in, on the CPU."""
-    if not official:
-        return build_text_encoder(2560, 1152), "T5Gemma2 2-layer stand-in at width 2560"
-    from transformers import SiglipVisionConfig, T5Gemma2Encoder, T5Gemma2EncoderConfig, T5Gemma2TextConfig
-
-    text = T5Gemma2TextConfig(vocab_size=262_144, **GEMMA3_4B)
-    config = T5Gemma2EncoderConfig(text_config=text, vision_config=SiglipVisionConfig(**SIGLIP_896))
-    config.text_config.dropout_rate = config.text_config.attention_dropout = 0.0
-    with torch.device(device):  # initialising 4B parameters is much faster on the GPU
-        model = T5Gemma2Encoder(config).to(dtype).eval()
-    n = sum(p.numel() for p in model.parameters()) / 1e9
-    return model.to("cpu"), f"T5Gemma2 4B-4B encoder config with SigLIP 896 ({n:.2f}B params, {dtype})"
-
-
 def memory(s: Suite, ours_model: Any, size: tuple[int, int, int], official_text: bool) -> None:
     from diffusers import AutoencoderKLWan
 
@@ -295,7 +280,7 @@ def memory(s: Suite, ours_model: Any, size: tuple[int, int, int], official_text:
     base = build_tiny_components(0)
     if not s.smoke:
         base["transformer"] = ours_model.to("cpu")
-        base["text_encoder"], what = text_encoder(official_text, s.device, s.dtype)
+        base["text_encoder"], what = text_encoder(official_text, s.device, s.dtype)  # on the CPU
         base["vae"] = AutoencoderKLWan().eval()
     else:
         base["transformer"].fuse_qkv_projections()

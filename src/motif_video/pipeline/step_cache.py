@@ -16,7 +16,7 @@ Rules, as a string (`StepCache.parse`; `pipe(..., cache=...)`, `--cache`):
 - "calibrated:T": the same sum, but of the change of the encoder's OUTPUT that this model showed when it was
   calibrated (`calibrate`: exact sampling of a few prompts, the relative L1 change per unit of t of each branch,
   stored with the model as `GenerationDefaults.step_cache`), predicted from where t is and how far it moved. On
-  the small model the unconditional branch's output moves ten times faster than the conditional one's in the
+  the small model the unconditional branch's output moves twenty times faster than the conditional one's in the
   first steps and then barely at all, which no input-side signal sees.
 - options after a comma: "uncond=K" (guidance-aware: the unconditional branch uses K times the interval or
   threshold, so it is reused more), "warmup=W" (the first W calls of each branch always run the encoder;
@@ -26,8 +26,9 @@ A branch whose text changed (a step-end callback edited it) runs the encoder aga
 `split=True` (`pipe(..., split_encoder=True)`, with or without a rule) runs the encoder once per group of videos
 whose text has the same length (the [cond; uncond] halves of one prompt's guidance batch), each group with its
 padding trimmed, so no encoder attention needs a key mask and fused kernels apply; the decoder, which has no
-text, stays batched. Same numbers up to rounding. What each fast
-rule costs in quality is measured in `benchmarks/bench_speed.py` and recorded in docs/performance.md.
+text, stays batched. Same numbers up to rounding.
+
+What each fast mode costs in quality is measured by `benchmarks/bench_speed.py` and recorded in docs/performance.md.
 """
 
 from __future__ import annotations
