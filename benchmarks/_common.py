@@ -29,6 +29,7 @@ REUSE = (
 )
 MODES: dict[str, dict[str, Any]] = {"exact": {}, "split": {"split_encoder": True}, **{r: {"cache": r} for r in REUSE}}
 HEADLINE = "ddt:2"  # the fast mode timed at 1280x736x121: a 2-step period, whose steps show a refresh and a reuse
+DERIVED = ("ddt:3,uncond=4",)  # estimated there from those two steps (the mode that met the CPU target)
 
 
 def mode_options(name: str) -> dict[str, Any]:
@@ -42,12 +43,15 @@ def mode_options(name: str) -> dict[str, Any]:
 def period(mode: str) -> int:
     """Steps after which a mode's pattern of encoder runs repeats (1 for exact and adaptive rules): a timed run
     of 1 + k * period steps averages whole periods."""
-    cache = mode_options(mode).get("cache", "")
-    if not cache.startswith("ddt:"):
-        return 1
-    interval, _, option = cache[4:].partition(",")
-    factor = int(float(option.partition("=")[2])) if option.startswith("uncond=") else 1
-    return int(interval) * factor
+    rule = StepCache.parse(mode_options(mode).get("cache"))
+    return 1 if rule is None or rule.rule != "ddt" else int(rule.value * rule.uncond)
+
+
+def encoder_fraction(mode: str, steps: int = 50) -> float:
+    """For a ddt rule with guidance on every step: the share of branch calls that run the encoder over `steps`."""
+    rule = StepCache.parse(mode_options(mode).get("cache"))
+    every = (int(rule.value), int(rule.value * rule.uncond))
+    return sum(-(-steps // n) for n in every) / (2 * steps)
 
 
 @contextmanager
@@ -85,8 +89,31 @@ class StepMarks:
         return sum(intervals) / len(intervals)
 
 
+def fmt_ms(ms: float) -> str:
+    return f"{ms:,.1f} ms"
+
+
 def psnr(frames: Any, reference: Any) -> float:
     """Mean over videos of the PSNR (dB) of frames in [0, 1] against the reference's: (B, F, H, W, 3) arrays."""
     a, b = torch.as_tensor(frames, dtype=torch.float64), torch.as_tensor(reference, dtype=torch.float64)
     mse = (a - b).square().flatten(1).mean(1).clamp_min(1e-12)
     return float((10 * torch.log10(1 / mse)).mean())
+
+
+def versions() -> str:
+    """The versions that matter for a timing: torch, diffusers, transformers and the optional kernels."""
+    import diffusers
+    import transformers
+
+    parts = [
+        f"torch {torch.__version__}",
+        f"diffusers {diffusers.__version__}",
+        f"transformers {transformers.__version__}",
+    ]
+    for name in ("torchao", "sageattention", "flash_attn"):
+        try:
+            module = __import__(name)
+            parts.append(f"{name} {getattr(module, '__version__', 'installed')}")
+        except Exception:
+            parts.append(f"{name} absent")
+    return ", ".join(parts)

@@ -25,11 +25,9 @@ not fit what is left of its section or of the run is skipped with the reason:
   memory    peak memory and step time of each memory mode at 832x480x49 (`bench_memory_modes.measure`)
   compile   opt-in on the GPU (`--sections ... compile`; the smoke run includes it): our exact mode with
             compiled blocks (`pipeline.compile`), compile time in the note
-Per step: a step-end callback marks each step after a CUDA synchronize; "ms/step" is the mean interval over
-steps 2..S of one timed call (S = 1 + whole periods of the mode's encoder-reuse pattern, after a warm-up call),
-so a fast mode's row is its average step. Fast-mode rows run on random weights: the adaptive rules' encoder
-and calibrated rules' encoder counts say nothing about a trained model (the calibrated ones use the small
-model's curve); their quality is measured on CPU (`bench_speed.py`).
+Per step: "ms/step" is the mean interval between step-end callbacks (after a CUDA synchronize) over steps 2..S of
+one timed call, S = 1 + whole periods of the mode's encoder-reuse pattern. On random weights the adaptive and
+calibrated rules' encoder counts mean nothing; quality is measured on CPU (`bench_speed.py`).
 """
 
 from __future__ import annotations
@@ -50,7 +48,18 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers import MotifVideoPipeline as ReferencePipeline
 from diffusers.utils import logging as diffusers_logging
 
-from _common import HEADLINE, MODES, StepMarks, attention_backend, mode_options, period
+from _common import (
+    DERIVED,
+    HEADLINE,
+    MODES,
+    StepMarks,
+    attention_backend,
+    encoder_fraction,
+    fmt_ms,
+    mode_options,
+    period,
+    versions,
+)
 from bench_memory_modes import MODES as MEMORY_MODES
 from bench_memory_modes import measure as measure_memory_mode
 from bench_memory_modes import text_encoder
@@ -68,7 +77,7 @@ from motif_video.pipeline.tiny import build_guider, build_tiny_components, build
 from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_S = {"parity": 15, "step": 100, "training": 30, "pytest": 35, "step-720": 140, "memory": 70}  # sum 390
+BUDGET_S = {"parity": 15, "step": 95, "training": 30, "pytest": 60, "step-720": 135, "memory": 55}  # sum 390
 BUDGET_S["compile"] = 120  # opt-in on the GPU (`--sections ... compile`): inductor's compile time there is unknown
 DEFAULT_SECTIONS = tuple(name for name in BUDGET_S if name != "compile")
 MEMORY_ORDER = ("all-on-device", "model-cpu-offload", "block-offload", "fp8+block-offload", "fp8")
@@ -91,6 +100,7 @@ class Suite:
     chosen: tuple[str, ...] = tuple(BUDGET_S)
     rows: list[tuple[str, ...]] = field(default_factory=list)
     section_end: float = 0.0
+    banked: float = 0.0
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -113,7 +123,7 @@ class Suite:
 
     def section(self, name: str, run: Callable[[], None]) -> None:
         share = BUDGET_S[name] / sum(BUDGET_S[c] for c in self.chosen) * self.budget
-        self.section_end = time.perf_counter() + share
+        self.section_end = time.perf_counter() + share + self.banked  # what earlier sections left unused
         started = time.perf_counter()
         try:
             run()
@@ -123,11 +133,8 @@ class Suite:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+            self.banked = max(self.section_end - time.perf_counter(), 0.0)
         print(f"  section {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-
-
-def fmt_ms(ms: float) -> str:
-    return f"{ms:,.1f} ms"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -207,25 +214,39 @@ def steps_section(
             ref_ms = step_ms(s, ref, args["ref"], steps)[0]
             s.add(label, "diffusers pipeline", "-", fmt_ms(ref_ms), "-", f"mean of steps 2..{steps}")
         else:
-            ms, note = ours_mode(s, ours, args["ours"], mode, steps)
+            ms, note, each = ours_mode(s, ours, args["ours"], mode, steps)
             exact_ms = ms if mode == "exact" else exact_ms
             ratio = f"{ms / ref_ms:.2f}" if ref_ms else "-"
             s.add(label, mode, fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
+            if mode == HEADLINE and not first and len(each) == 2:
+                derived(s, label, *each, ref_ms)
         if mode != "compile":  # its warm-up compiles: no measure of a step
             estimate_ms = max(estimate_ms, (time.perf_counter() - started) * 1e3 / steps)
     return exact_ms or estimate_ms, ref_ms
 
 
-def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: str, steps: int) -> tuple[float, str]:
-    """Our ms/step in one mode and the row's note. "sage": SageAttention kernels; "compile": regional compile
-    (`pipeline.compile`), whose compilation happens in an untimed warm-up call."""
+def derived(s: Suite, label: str, reuse_ms: float, refresh_ms: float, ref_ms: float | None) -> None:
+    """Rows for modes too long to time here, from a reuse step and a refresh step (each branch's encoder costs
+    about the same): ms/step = reuse + (share of branch calls that run the encoder) x (refresh - reuse)."""
+    for mode in DERIVED:
+        share = encoder_fraction(mode)
+        ms = reuse_ms + share * (refresh_ms - reuse_ms)
+        ratio = f"{ms / ref_ms:.2f}" if ref_ms else "-"
+        note = f"derived: encoder on {share:.0%} of branch calls over 50 steps"
+        s.add(label, f"{mode} (derived)", fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
+
+
+def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: str, steps: int) -> tuple:
+    """(our ms/step in one mode, the row's note, each step's ms). "sage": SageAttention kernels; "compile":
+    regional compile (`pipeline.compile`), whose compilation happens in an untimed warm-up call."""
     if mode == "compile":
         compile_blocks(ours.transformer, backend="eager" if s.smoke else "inductor")  # smoke: dynamo only
         try:
             started = time.perf_counter()
             step_ms(s, ours, args, 2)
             compile_s = time.perf_counter() - started
-            return step_ms(s, ours, args, steps)[0], f"compiling + 2 warm-up steps: {compile_s:.0f} s"
+            ms, each = step_ms(s, ours, args, steps)
+            return ms, f"compiling + 2 warm-up steps: {compile_s:.0f} s", each
         finally:
             uncompile_blocks(ours.transformer)
     options = {"backend": "sage"} if mode == "sage" else mode_options(mode)
@@ -234,7 +255,7 @@ def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: st
     note = "; ".join(f"{k} {v}" for k, v in reuse.items() if k != "rule") or f"mean of steps 2..{steps}"
     if "cache" in options and len(each) <= 3:  # e.g. ddt:2 over 3 steps: a reuse step, then a refresh step
         note += "; steps 2..: " + ", ".join(f"{x:,.0f}" for x in each) + " ms"
-    return ms, note
+    return ms, note, each
 
 
 def training(s: Suite, preset: str, size: tuple[int, int, int], route: tuple[int, int, float]) -> None:
@@ -303,24 +324,6 @@ def memory(s: Suite, ours_model: Any, size: tuple[int, int, int], official_text:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def versions() -> str:
-    import diffusers
-    import transformers
-
-    parts = [
-        f"torch {torch.__version__}",
-        f"diffusers {diffusers.__version__}",
-        f"transformers {transformers.__version__}",
-    ]
-    for name in ("torchao", "sageattention", "flash_attn"):
-        try:
-            module = __import__(name)
-            parts.append(f"{name} {getattr(module, '__version__', 'installed')}")
-        except Exception:
-            parts.append(f"{name} absent")
-    return ", ".join(parts)
-
-
 def run(args: argparse.Namespace) -> Suite:
     cuda = torch.cuda.is_available() and not args.smoke
     setup = SMOKE if args.smoke else FULL
