@@ -72,6 +72,11 @@ OFFICIAL_TEXT_WIDTH = 2560
 SIGLIP_WIDTH = 1152  # the stand-in encoder's vision tower (unused in text-to-video)
 CPU_TILE = 32  # on CPU the video is smaller than the VAE's 256 px tiles: shrink them so tiled decoding runs
 MIB, GIB = 2**20, 2**30
+# The T5Gemma2 4B-4B encoder: the Gemma 3 4B text stack and the SigLIP so400m tower at 896 px (4096 image tokens)
+GEMMA3_4B = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8)
+GEMMA3_4B |= dict(num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024)
+SIGLIP_896 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
+SIGLIP_896 |= dict(image_size=896, patch_size=14, vision_use_head=False)
 
 
 @dataclass
@@ -166,6 +171,22 @@ def build_components(official: bool, device: torch.device, vae_kind: str, seed: 
         f"({n_vae:.1f}M params)"
     )
     return parts, what
+
+
+def text_encoder(official: bool, device: torch.device, dtype: torch.dtype) -> tuple[Any, str]:
+    """The T5Gemma2 encoder with the official 4B-4B encoder config (random; `gpu_suite.py` uses it) or the 2-layer
+    stand-in, on the CPU."""
+    if not official:
+        return build_text_encoder(2560, 1152), "T5Gemma2 2-layer stand-in at width 2560"
+    from transformers import SiglipVisionConfig, T5Gemma2Encoder, T5Gemma2EncoderConfig, T5Gemma2TextConfig
+
+    text = T5Gemma2TextConfig(vocab_size=262_144, **GEMMA3_4B)
+    config = T5Gemma2EncoderConfig(text_config=text, vision_config=SiglipVisionConfig(**SIGLIP_896))
+    config.text_config.dropout_rate = config.text_config.attention_dropout = 0.0
+    with torch.device(device):  # initialising 4B parameters is much faster on the GPU
+        model = T5Gemma2Encoder(config).to(dtype).eval()
+    n = sum(p.numel() for p in model.parameters()) / 1e9
+    return model.to("cpu"), f"T5Gemma2 4B-4B encoder config with SigLIP 896 ({n:.2f}B params, {dtype})"
 
 
 def make_pipeline(base: dict[str, Any]) -> MotifVideoPipeline:

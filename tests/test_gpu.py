@@ -38,3 +38,50 @@ def test_bf16_cuda_matches_reference(backend):
         set_attention_backend(None)
     scale = expected.abs().max().item()
     assert (actual - expected).abs().max().item() <= 3e-2 * max(scale, 1.0)
+
+
+def _tiny_cuda_pipeline():
+    from motif_video.pipeline import MotifVideoPipeline
+    from motif_video.pipeline.tiny import build_tiny_components
+
+    pipe = MotifVideoPipeline.from_components(build_tiny_components(0)).to("cuda")
+    pipe.transformer.to(torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents(pipe, prompts, seed=0, **kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    size = dict(height=32, width=32, num_frames=9, num_inference_steps=4, output_type="latent")
+    return pipe(prompt=prompts, negative_prompt="blurry", generator=generator, **size, **kwargs).frames
+
+
+def test_step_reuse_and_split_encoder_on_cuda():
+    pipe = _tiny_cuda_pipeline()
+    prompts = ["a red dog runs on the beach", "a bird"]
+    exact = _latents(pipe, prompts)
+    assert torch.equal(_latents(pipe, prompts, cache="ddt:1"), exact)
+    split = _latents(pipe, prompts, split_encoder=True)
+    assert (split - exact).abs().max().item() <= 5e-2 * max(exact.abs().max().item(), 1.0)
+    assert not torch.equal(_latents(pipe, prompts, cache="ddt:2,uncond=2"), exact)
+
+
+def test_compiled_blocks_on_cuda_match_and_do_not_recompile():
+    from torch._dynamo.utils import counters
+
+    from motif_video.pipeline.compile import compile_blocks, uncompile_blocks
+
+    torch._dynamo.reset()
+    pipe = _tiny_cuda_pipeline()
+    prompts = ["a red dog runs on the beach", "a bird"]
+    eager = _latents(pipe, prompts)
+    compile_blocks(pipe.transformer)
+    try:
+        compiled = _latents(pipe, prompts)
+        assert (compiled - eager).abs().max().item() <= 5e-2 * max(eager.abs().max().item(), 1.0)
+        frames = counters["frames"]["ok"]
+        _latents(pipe, ["a cat", "the green trees at night move slowly"], seed=1)
+        assert counters["frames"]["ok"] == frames
+    finally:
+        uncompile_blocks(pipe.transformer)
+        torch._dynamo.reset()

@@ -70,6 +70,9 @@ class GenerationDefaults:
     shift_i2v: float = DEFAULT_SHIFT_I2V
     negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
     noise_correlation: float = 0.0  # between latent frames of the starting noise (`latents.correlate_frames`)
+    # How fast the encoder's output moves along t, measured on this model (`pipeline.step_cache.calibrate`):
+    # {"t": [...], "cond": [...], "uncond": [...]}; the "calibrated:T" step-reuse rule reads it. None: not measured.
+    step_cache: dict[str, list[float]] | None = None
 
 
 def read_defaults(index: Mapping[str, Any]) -> GenerationDefaults:

@@ -37,6 +37,22 @@ class Embedded:
     image_len: int
     grid: tuple[int, int, int]
 
+    def rows(self, rows: slice | torch.Tensor) -> Embedded:
+        """The same phase input for a sub-batch (e.g. the conditional half of a guidance batch), with the text
+        padding no row of it attends to trimmed off and the key mask dropped when every kept key is valid."""
+        context, mask = self.context[rows], None if self.context_mask is None else self.context_mask[rows]
+        text_mask = None if self.text_mask is None else self.text_mask[rows]
+        if mask is not None:
+            positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+            keep = max(int((mask * positions).amax()), self.image_len + 1)  # mask: (b, Lc) -> last valid key
+            context, mask = context[:, :keep], mask[:, :keep]
+            text_mask = None if text_mask is None else text_mask[:, : keep - self.image_len]
+            if bool(mask.all()):
+                mask = text_mask = None
+        return Embedded(
+            self.patches[rows], context, self.temb[rows], self.rope, mask, text_mask, self.image_len, self.grid
+        )
+
     def attention_context(self, keep: torch.Tensor | None = None, *, decoder: bool = False) -> AttentionContext:
         """For all N video tokens, or the K kept ones (keep: (B, K)). The decoder's context is video tokens of
         the encoder: no key mask, no text."""

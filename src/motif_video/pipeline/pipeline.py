@@ -8,9 +8,8 @@ gives the same frames as the reference (tested in fp32), and differs where the r
 - the VAE runs in its own dtype (fp32 VAE under a bf16 transformer works); latents stay fp32 across steps;
 - height/width must be multiples of 16 and frames 4k+1 (an error, never a silent floor);
 - custom sigmas/timesteps, and UniPC / DPM-Solver as well as Euler.
-Speed: conditional and unconditional passes run as one batched forward (`batch_guidance=True`), prompts are
-padded only to the longest one (the transformer then trims padding), and everything that does not change
-across steps (text and image tokens, conditioning channels, RoPE tables) is computed once.
+Speed: cond and uncond passes run as one batched forward (`batch_guidance=True`), prompts are padded only to
+the longest one, and what does not change across steps (text, image tokens, condition channels) is made once.
 
 A call runs in phases, each in its own module: resolve and check the inputs (`inputs.plan_call`), encode text
 and image (`encoding`), draw the starting noise, denoise (`sampler.denoise`, a function of tensors), decode.
@@ -40,6 +39,7 @@ from motif_video.pipeline.memory import MemoryModes
 from motif_video.pipeline.sampler import Condition, StepEnd, denoise
 from motif_video.pipeline.schedule import set_scheduler_sigmas, unshifted_scheduler
 from motif_video.pipeline.settings import GenerationSettings
+from motif_video.pipeline.step_cache import EncoderReuse, StepCache
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class MotifVideoPipeline(MemoryModes):
         self._progress_kwargs: dict[str, Any] = {}
         self._interrupt = False
         self.last_call: dict[str, Any] = {}  # the resolved settings of the latest call (for run records)
+        self.last_reuse: EncoderReuse | None = None  # the latest call's step reuse (`.calls` for FLOP counts)
 
     # ----------------------------------------------------------------- loading / saving
     @classmethod
@@ -214,6 +215,8 @@ class MotifVideoPipeline(MemoryModes):
         max_sequence_length: int = 512,
         batch_guidance: bool = True,
         vae_batch_size: int | None = None,
+        cache: str | StepCache | None = None,
+        split_encoder: bool = False,
     ) -> MotifVideoPipelineOutput | tuple[Any]:
         """Generate videos. Returns `.frames` (see `MotifVideoPipelineOutput`).
 
@@ -225,6 +228,8 @@ class MotifVideoPipeline(MemoryModes):
         `apg_*` override the pipeline's guidance config. `first_frame_latent`: "sample" draws the first-frame
         latent from the VAE posterior with `generator` (the reference), "mode" takes its mode.
         `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
+        `cache`: step reuse ("off", "ddt:N", "adaptive:T", ...; `step_cache.StepCache`), off by default;
+        `split_encoder=True`: the guidance batch's encoder runs per branch without a key mask (`step_cache`).
         The same options as one object: `generate(prompt, GenerationSettings(...))`.
         """
         # 1. resolve and check the inputs
@@ -274,7 +279,7 @@ class MotifVideoPipeline(MemoryModes):
         )
         channels = latent_ops.condition_channels(first_frames, tuple(latents.shape), device, dtype)
         cond = Condition(*text, channels, image_tokens)
-        uncond = None if negative is None else Condition(*negative, channels, image_tokens)
+        uncond = None if negative is None else Condition(*negative, channels, image_tokens, branch="uncond")
 
         # 3. denoise
         scheduler = unshifted_scheduler(self.scheduler)
@@ -287,7 +292,14 @@ class MotifVideoPipeline(MemoryModes):
             device=str(device),
         )
         self._interrupt = False
+        reuse = StepCache.parse(cache)
         model = functools.partial(self._velocity, dtype=dtype, attention_kwargs=attention_kwargs)
+        if reuse is not None or split_encoder:
+            rule, curve = reuse or StepCache("ddt"), self.defaults.step_cache
+            self.last_reuse = EncoderReuse(self.transformer, rule, dtype, split_encoder, curve)
+        else:
+            self.last_reuse = None
+        model = self.last_reuse or model
         with self.using("transformer"), tqdm(total=len(plan.sigmas), **self._progress_kwargs) as bar:
             step_end = self._step_end(plan, callback_on_step_end, bar.update)
             latents = denoise(
@@ -301,6 +313,9 @@ class MotifVideoPipeline(MemoryModes):
                 step_end=step_end,
                 stop=lambda: self._interrupt,
             )
+
+        if self.last_reuse is not None:
+            self.last_call["cache"] = self.last_reuse.summary()
 
         # 4. decode
         video = latents if output_type == "latent" else self.decode(latents, output_type, vae_batch_size)

@@ -28,6 +28,7 @@ class Condition:
     mask: torch.Tensor  # (B, L) bool, True on valid text tokens
     channels: torch.Tensor  # (B, 17, F', h, w) I2V condition channels (zeros for T2V), in the model's dtype
     image: torch.Tensor | None = None  # (B, N, D) SigLIP tokens of the first frame (I2V), or None
+    branch: str = "cond"  # "cond", "uncond", or "joint" ([cond; uncond] halves): what step reuse keys on
 
     def with_text(self, text: torch.Tensor) -> Condition:
         return replace(self, text=text)
@@ -39,7 +40,8 @@ def stack_for_guidance(cond: Condition, uncond: Condition) -> Condition:
     c, cm = pad_text(cond.text, cond.mask, length)
     u, um = pad_text(uncond.text, uncond.mask, length)
     image = None if cond.image is None else torch.cat([cond.image, uncond.image])
-    return Condition(torch.cat([c, u]), torch.cat([cm, um]), torch.cat([cond.channels, uncond.channels]), image)
+    channels = torch.cat([cond.channels, uncond.channels])
+    return Condition(torch.cat([c, u]), torch.cat([cm, um]), channels, image, branch="joint")
 
 
 # (latents (B, 16, F', h, w) fp32, t (B,) on the 0..1000 scale, condition) -> velocity (B, 16, F', h, w)

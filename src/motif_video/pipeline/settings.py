@@ -18,6 +18,7 @@ import torch
 from motif_video import bounds
 from motif_video.core.latent_space import check_noise_correlation, check_video_size
 from motif_video.pipeline.guidance import GUIDANCE_METHODS
+from motif_video.pipeline.step_cache import StepCache
 
 MAX_STEPS = 1000  # the flow schedules have 1000 training timesteps: more steps than that only repeat them
 MAX_VIDEOS_PER_PROMPT = 256
@@ -50,6 +51,15 @@ class GenerationSettings:
         None,
         "correlation in [0, 1] between latent frames of the starting noise (default: the model's; official 0)",
     )
+    cache: str | None = option(
+        None,
+        "step reuse (a fast mode, off by default): ddt:N runs the encoder every N steps; adaptive:T or calibrated:T "
+        "when its input, or its output as calibrated on the model, has moved by T; ',uncond=K' reuses the "
+        "unconditional branch K times longer (quality cost per mode: docs/performance.md)",
+    )
+    split_encoder: bool = option(
+        False, "run the encoder per guidance branch without a text key mask (same numbers up to rounding)"
+    )
 
     def validate(self, patch: tuple[int, int] = (2, 1)) -> None:
         """Every check that needs no model; `patch`: the model's (spatial, temporal) patch. Raises ValueError (or
@@ -75,6 +85,8 @@ class GenerationSettings:
             check_noise_correlation(bounds.real("noise_correlation", self.noise_correlation))
         if self.guidance is not None and self.guidance not in GUIDANCE_METHODS:
             raise ValueError(f"unknown guidance {self.guidance!r}: choose one of {', '.join(GUIDANCE_METHODS)}")
+        if self.cache is not None:
+            StepCache.parse(self.cache)
         if bounds.integer("num_videos_per_prompt", self.num_videos_per_prompt) < 1:
             raise ValueError(f"num_videos_per_prompt must be at least 1, got {self.num_videos_per_prompt}")
         bounds.integer("num_videos_per_prompt", self.num_videos_per_prompt, 1, MAX_VIDEOS_PER_PROMPT)

@@ -285,6 +285,24 @@ def step_flops_fn(config: MotifVideoConfig, *, checkpointing: bool = False) -> C
     return hook
 
 
+ENCODER_KINDS = ("dual", "single")  # what step reuse skips; embed, decoder and final run at every call
+
+
+def sampling_flops(
+    config: MotifVideoConfig, *, latent_frames: int, latent_height: int, latent_width: int, calls: Any
+) -> FlopCount:
+    """FLOPs of a denoising run with step reuse: `calls` lists each branch of each model call as an object with
+    `rows`, `text_len`, `image_len` and `encoder` (False: the encoder's output was reused, so only the embedders,
+    the DDT decoder and the head ran), as `pipeline.step_cache.EncoderCall` records them."""
+    grid = dict(latent_frames=latent_frames, latent_height=latent_height, latent_width=latent_width)
+    total = FlopCount()
+    for call in calls:
+        fwd = forward_flops(config, batch=call.rows, **grid, text_len=call.text_len, image_len=call.image_len)
+        kinds = KINDS if call.encoder else tuple(k for k in KINDS if k not in ENCODER_KINDS)
+        total = total + fwd.only(kinds)
+    return total
+
+
 def mfu(flops_per_step: float, step_seconds: float, peak_flops: float | None) -> float | None:
     """Model FLOPs utilisation in [0, 1]: achieved FLOP/s over the device's peak; None without a peak."""
     if peak_flops is None or step_seconds <= 0:
@@ -320,6 +338,7 @@ __all__ = [
     "kept_tokens",
     "mfu",
     "peak_flops_for",
+    "sampling_flops",
     "step_flops_fn",
     "training_step_flops",
 ]

@@ -1,0 +1,119 @@
+"""What `bench_speed.py` (CPU) and `gpu_suite.py` (GPU) share: the named modes and how a run is timed per step.
+
+A mode is a name and the call options it adds to the pipeline: "exact" is the default path (the reference's
+numbers); the others are the fast modes, each with its measured quality cost in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+import motif_video
+from motif_video.pipeline.step_cache import StepCache
+
+# name -> pipeline call options: exact mode, the mask-free encoder under guidance, and the step-reuse rules kept
+# from `bench_speed.py`'s runs on the small model (docs/performance.md has all that were measured); any other
+# `--cache` rule can be named on the command line too.
+REUSE = (
+    "ddt:2",
+    "ddt:2,uncond=2",
+    "ddt:3,uncond=4",
+    "adaptive:0.3,uncond=4",
+    "calibrated:0.16",
+    "calibrated:0.16,uncond=4",
+)
+MODES: dict[str, dict[str, Any]] = {"exact": {}, "split": {"split_encoder": True}, **{r: {"cache": r} for r in REUSE}}
+HEADLINE = "ddt:2"  # the fast mode timed at 1280x736x121: a 2-step period, whose steps show a refresh and a reuse
+DERIVED = ("ddt:3,uncond=4",)  # estimated there from those two steps (the mode that met the CPU target)
+
+
+def mode_options(name: str) -> dict[str, Any]:
+    """A named mode's call options; any other step-reuse rule ("ddt:5,uncond=3", ...) is a mode of its own."""
+    if name in MODES:
+        return dict(MODES[name])
+    StepCache.parse(name)  # raises ValueError for what is not a rule
+    return {"cache": name}
+
+
+def period(mode: str) -> int:
+    """Steps after which a mode's pattern of encoder runs repeats (1 for exact and adaptive rules): a timed run
+    of 1 + k * period steps averages whole periods."""
+    rule = StepCache.parse(mode_options(mode).get("cache"))
+    return 1 if rule is None or rule.rule != "ddt" else int(rule.value * rule.uncond)
+
+
+def encoder_fraction(mode: str, steps: int = 50) -> float:
+    """For a ddt rule with guidance on every step: the share of branch calls that run the encoder over `steps`."""
+    rule = StepCache.parse(mode_options(mode).get("cache"))
+    every = (int(rule.value), int(rule.value * rule.uncond))
+    return sum(-(-steps // n) for n in every) / (2 * steps)
+
+
+@contextmanager
+def attention_backend(name: str | None):
+    """Our attention backend for the duration (None: leave it)."""
+    if name is None:
+        yield
+        return
+    before = motif_video.models.get_attention_backend()
+    motif_video.set_attention_backend(name)
+    try:
+        yield
+    finally:
+        motif_video.set_attention_backend(before)
+
+
+class StepMarks:
+    """A step-end callback that records when each step ended (after `sync`, e.g. a CUDA synchronize)."""
+
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
+        self.sync = sync
+        self.marks: list[float] = []
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
+        self.sync()
+        self.marks.append(time.perf_counter())
+        return {}
+
+    def intervals_ms(self) -> list[float]:
+        """Every step but the first (which no interval sees), in ms."""
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+    def mean_ms(self) -> float:
+        intervals = self.intervals_ms()
+        return sum(intervals) / len(intervals)
+
+
+def fmt_ms(ms: float) -> str:
+    return f"{ms:,.1f} ms"
+
+
+def psnr(frames: Any, reference: Any) -> float:
+    """Mean over videos of the PSNR (dB) of frames in [0, 1] against the reference's: (B, F, H, W, 3) arrays."""
+    a, b = torch.as_tensor(frames, dtype=torch.float64), torch.as_tensor(reference, dtype=torch.float64)
+    mse = (a - b).square().flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def versions() -> str:
+    """The versions that matter for a timing: torch, diffusers, transformers and the optional kernels."""
+    import diffusers
+    import transformers
+
+    parts = [
+        f"torch {torch.__version__}",
+        f"diffusers {diffusers.__version__}",
+        f"transformers {transformers.__version__}",
+    ]
+    for name in ("torchao", "sageattention", "flash_attn"):
+        try:
+            module = __import__(name)
+            parts.append(f"{name} {getattr(module, '__version__', 'installed')}")
+        except Exception:
+            parts.append(f"{name} absent")
+    return ", ".join(parts)

@@ -1,0 +1,398 @@
+"""One GPU run that measures the speed work against diffusers and prints ONE table (at most 7 minutes on one H200).
+
+The GPU machine has no network: gather the wheels it lacks here first (`bash benchmarks/gather_gpu_wheels.sh`,
+into .whl/), carry .whl/ along, and there, from the repository root:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site:$PWD/src && python3 benchmarks/gpu_suite.py --out $OUT/gpu_suite.md
+    python benchmarks/gpu_suite.py --smoke       # every section at tiny sizes on CPU (tests/test_gpu_suite.py)
+
+Components, random weights at official sizes, bf16: our 2B transformer (`from_preset("motif-video-2b")` plus weight
+noise, q/k/v fused) and diffusers' `MotifVideoTransformer3DModel` holding the same weights; for the memory modes
+also a T5Gemma2 encoder with the official 4B-4B encoder config (Gemma 3 4B text stack and its SigLIP so400m tower
+at 896 px; `--text-encoder stand-in` for the 2-layer stand-in) and the Wan 2.1 VAE (`AutoencoderKLWan()`). Prompt
+embeddings are random, 120 (prompt) / 100 (negative) valid tokens: padded to 512 with masks for the reference (as
+it pads), trimmed for ours. No video is encoded; frames are decoded only in the memory modes.
+
+Sections, in this order, each with its own time budget (`BUDGET_S`, scaled to `--budget`); a case that would
+not fit what is left of its section or of the run is skipped with the reason:
+  parity    one bf16 forward at 832x480x49 (B=1, and B=2 with unequal text lengths): ours vs diffusers
+  step      time per denoising step (APG on every step, i.e. guidance on) at 832x480x49: diffusers' pipeline,
+            our exact mode and each fast mode (`_common.MODES`; "sage" when sageattention is installed)
+  training  a training step with and without TREAD (`bench_tread`: checkpointing, time, MFU)
+  pytest    `pytest -m gpu`
+  step-720  1280x736x121: diffusers, our exact mode and the headline fast mode (`_common.HEADLINE`)
+  memory    peak memory and step time of each memory mode at 832x480x49 (`bench_memory_modes.measure`)
+  compile   opt-in on the GPU (`--sections ... compile`; the smoke run includes it): our exact mode with
+            compiled blocks (`pipeline.compile`), compile time in the note
+Per step: "ms/step" is the mean interval between step-end callbacks (after a CUDA synchronize) over steps 2..S of
+one timed call, S = 1 + whole periods of the mode's encoder-reuse pattern. On random weights the adaptive and
+calibrated rules' encoder counts mean nothing; quality is measured on CPU (`bench_speed.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import MotifVideoPipeline as ReferencePipeline
+from diffusers.utils import logging as diffusers_logging
+
+from _common import (
+    DERIVED,
+    HEADLINE,
+    MODES,
+    StepMarks,
+    attention_backend,
+    encoder_fraction,
+    fmt_ms,
+    mode_options,
+    period,
+    versions,
+)
+from bench_memory_modes import MODES as MEMORY_MODES
+from bench_memory_modes import measure as measure_memory_mode
+from bench_memory_modes import text_encoder
+from bench_pipeline import GPU_TEXT, random_official_transformer, reference_transformer, text_embeddings
+from bench_transformer import make_inputs
+from bench_tread import build as build_training_model
+from bench_tread import make_inputs as training_inputs
+from bench_tread import time_steps as time_training_steps
+from motif_video.core.flow import DEFAULT_SHIFT_T2V
+from motif_video.core.release import read_defaults, read_index, small_model_dir
+from motif_video.models.attention import available_backends
+from motif_video.pipeline import MotifVideoPipeline
+from motif_video.pipeline.compile import compile_blocks, uncompile_blocks
+from motif_video.pipeline.tiny import build_guider, build_tiny_components, build_vae
+from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = {"parity": 15, "step": 95, "training": 30, "pytest": 60, "step-720": 135, "memory": 55}  # sum 390
+BUDGET_S["compile"] = 120  # opt-in on the GPU (`--sections ... compile`): inductor's compile time there is unknown
+DEFAULT_SECTIONS = tuple(name for name in BUDGET_S if name != "compile")
+MEMORY_ORDER = ("all-on-device", "model-cpu-offload", "block-offload", "fp8+block-offload", "fp8")
+MEMORY_ORDER += ("text-encoder-on-cpu", "vae-tiling")  # most wanted first: the budget may cut the last
+FULL = dict(preset="motif-video-2b", dtype=torch.bfloat16, sizes=((832, 480, 49), (1280, 736, 121)), route=(2, 24, 0.5))
+FULL["scale"] = 22.0  # a 720p step over a 480p one (diffusers' forward: 11,250 / 515 ms), to skip what cannot fit
+SMOKE = dict(preset="tiny", dtype=torch.float32, sizes=((32, 32, 9), (48, 32, 9)), route=(1, 5, 0.5), scale=2.0)
+COMPILE_S = 150.0  # a guess at compiling the blocks with inductor (dynamic shapes) on the GPU, to skip what cannot fit
+
+
+@dataclass
+class Suite:
+    """The run: its clock, where it runs, and the table's rows (section, case, ours, diffusers, ratio, note)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    smoke: bool
+    budget: float
+    start: float = field(default_factory=time.perf_counter)
+    chosen: tuple[str, ...] = tuple(BUDGET_S)
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    section_end: float = 0.0
+    banked: float = 0.0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def left(self) -> float:
+        """Seconds left in the current section (and in the run)."""
+        now = time.perf_counter()
+        return min(self.section_end - now, self.start + self.budget - now)
+
+    def fits(self, section: str, case: str, estimate_s: float) -> bool:
+        if estimate_s <= self.left():
+            return True
+        self.add(section, case, "-", "-", "-", f"skipped: needs ~{estimate_s:.0f} s, {max(self.left(), 0):.0f} s left")
+        return False
+
+    def add(self, *cells: str) -> None:
+        self.rows.append(tuple(cells))
+        print("| " + " | ".join(cells) + " |", file=sys.stderr, flush=True)
+
+    def section(self, name: str, run: Callable[[], None]) -> None:
+        share = BUDGET_S[name] / sum(BUDGET_S[c] for c in self.chosen) * self.budget
+        self.section_end = time.perf_counter() + share + self.banked  # what earlier sections left unused
+        started = time.perf_counter()
+        try:
+            run()
+        except Exception as error:  # one section's failure is a row, not the end of the run
+            self.add(name, "error", "-", "-", "-", f"{type(error).__name__}: {str(error)[:160]}")
+        finally:
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.banked = max(self.section_end - time.perf_counter(), 0.0)
+        print(f"  section {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sections
+# ------------------------------------------------------------------------------------------------------------
+def parity(s: Suite, ours: Any, ref: Any, size: tuple[int, int, int]) -> None:
+    width, height, frames = size
+    grid = ((frames - 1) // 4 + 1, height // 8, width // 8)
+    for valid in ([GPU_TEXT[1]], [GPU_TEXT[1], GPU_TEXT[2]]):
+        torch.manual_seed(0)
+        inputs = make_inputs(ours.config, grid, valid, GPU_TEXT[0], s.device, s.dtype)
+        with torch.inference_mode():
+            a = ours(**inputs, return_dict=False)[0].float()
+            b = ref(**inputs, return_dict=False)[0].float()
+        diff, rel = (a - b).abs().max().item(), ((a - b).norm() / b.norm()).item()
+        case = f"forward B={len(valid)}, text {GPU_TEXT[0]} ({'/'.join(map(str, valid))} valid)"
+        s.add(f"parity {width}x{height}x{frames}", case, f"max abs diff {diff:.2e}", "-", "-", f"relative L2 {rel:.2e}")
+
+
+def pipelines(s: Suite, ours_model: Any, ref_model: Any) -> tuple[MotifVideoPipeline, Any]:
+    vae = build_vae().to(s.device)  # only its config is read: output_type="latent"
+    scheduler = lambda: FlowMatchEulerDiscreteScheduler(shift=DEFAULT_SHIFT_T2V)  # noqa: E731
+    ours = MotifVideoPipeline.from_components(
+        dict(transformer=ours_model, vae=vae, scheduler=scheduler(), guider=build_guider())
+    )
+    ref = ReferencePipeline(
+        scheduler=scheduler(), vae=vae, text_encoder=None, tokenizer=None, transformer=ref_model, guider=build_guider()
+    )
+    for pipe in (ours, ref):
+        pipe.set_progress_bar_config(disable=True)
+    return ours, ref
+
+
+def step_ms(s: Suite, pipe: Any, args: dict[str, Any], steps: int, **options: Any) -> tuple[float, list[float]]:
+    """(mean ms/step over steps 2..steps, each of those steps' ms)."""
+    marks = StepMarks(s.sync)
+    noise = args["latents"].clone()
+    with torch.inference_mode(), attention_backend(options.pop("backend", None)):
+        pipe(**{**args, "latents": noise}, num_inference_steps=steps, callback_on_step_end=marks, **options)
+    return marks.mean_ms(), marks.intervals_ms()
+
+
+def steps_section(
+    s: Suite,
+    pipes: tuple[Any, Any],
+    text: dict,
+    size: tuple[int, int, int],
+    modes: list[str],
+    estimate_ms: float,
+    ref_ms: float | None = None,
+) -> tuple[float, float | None]:
+    """Diffusers' pipeline (unless `ref_ms` gives its ms/step), then ours in each mode, at one size; returns (our
+    exact mode's ms/step or the estimate, diffusers' ms/step). `estimate_ms` (0: warm up first and time longer
+    runs) guesses a step's cost until the first call here measures it."""
+    ours, ref = pipes
+    width, height, frames = size
+    label = f"step {width}x{height}x{frames}"
+    z = ours.transformer.config.out_channels
+    noise = torch.randn(
+        1, z, (frames - 1) // 4 + 1, height // 8, width // 8, generator=torch.Generator().manual_seed(0)
+    )
+    common = dict(height=height, width=width, num_frames=frames, output_type="latent", latents=noise.to(s.device))
+    args = {"ours": {**common, **text["ours"], "shift": DEFAULT_SHIFT_T2V}, "ref": {**common, **text["ref"]}}
+    first = estimate_ms == 0
+    if first:  # warm-up calls (kernels, allocator); the larger size reuses them
+        for name, pipe in (("ours", ours), ("ref", ref)):
+            step_ms(s, pipe, args[name], 2)
+    exact_ms = None
+    for mode in (["diffusers"] if ref_ms is None else []) + modes:
+        every = 1 if mode in ("diffusers", "sage", "compile") else period(mode)
+        steps = 1 + every * (-(-4 // every) if first else 1)  # whole periods: 4+ steps timed at the first size
+        extra_s = (1 if s.smoke else COMPILE_S) * (mode == "compile")
+        if estimate_ms and not s.fits(label, mode, estimate_ms * (steps + 2 * (mode == "compile")) / 1e3 + extra_s):
+            continue
+        started = time.perf_counter()
+        if mode == "diffusers":
+            ref_ms = step_ms(s, ref, args["ref"], steps)[0]
+            s.add(label, "diffusers pipeline", "-", fmt_ms(ref_ms), "-", f"mean of steps 2..{steps}")
+        else:
+            ms, note, each = ours_mode(s, ours, args["ours"], mode, steps)
+            exact_ms = ms if mode == "exact" else exact_ms
+            ratio = f"{ms / ref_ms:.2f}" if ref_ms else "-"
+            s.add(label, mode, fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
+            if mode == HEADLINE and not first and len(each) == 2:
+                derived(s, label, *each, ref_ms)
+        if mode != "compile":  # its warm-up compiles: no measure of a step
+            estimate_ms = max(estimate_ms, (time.perf_counter() - started) * 1e3 / steps)
+    return exact_ms or estimate_ms, ref_ms
+
+
+def derived(s: Suite, label: str, reuse_ms: float, refresh_ms: float, ref_ms: float | None) -> None:
+    """Rows for modes too long to time here, from a reuse step and a refresh step (each branch's encoder costs
+    about the same): ms/step = reuse + (share of branch calls that run the encoder) x (refresh - reuse)."""
+    for mode in DERIVED:
+        share = encoder_fraction(mode)
+        ms = reuse_ms + share * (refresh_ms - reuse_ms)
+        ratio = f"{ms / ref_ms:.2f}" if ref_ms else "-"
+        note = f"derived: encoder on {share:.0%} of branch calls over 50 steps"
+        s.add(label, f"{mode} (derived)", fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
+
+
+def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: str, steps: int) -> tuple:
+    """(our ms/step in one mode, the row's note, each step's ms). "sage": SageAttention kernels; "compile":
+    regional compile (`pipeline.compile`), whose compilation happens in an untimed warm-up call."""
+    if mode == "compile":
+        compile_blocks(ours.transformer, backend="eager" if s.smoke else "inductor")  # smoke: dynamo only
+        try:
+            started = time.perf_counter()
+            step_ms(s, ours, args, 2)
+            compile_s = time.perf_counter() - started
+            ms, each = step_ms(s, ours, args, steps)
+            return ms, f"compiling + 2 warm-up steps: {compile_s:.0f} s", each
+        finally:
+            uncompile_blocks(ours.transformer)
+    options = {"backend": "sage"} if mode == "sage" else mode_options(mode)
+    ms, each = step_ms(s, ours, args, steps, **options)
+    reuse = ours.last_call.get("cache", {}) if "cache" in options else {}
+    note = "; ".join(f"{k} {v}" for k, v in reuse.items() if k != "rule") or f"mean of steps 2..{steps}"
+    if "cache" in options and len(each) <= 3:  # e.g. ddt:2 over 3 steps: a reuse step, then a refresh step
+        note += "; steps 2..: " + ", ".join(f"{x:,.0f}" for x in each) + " ms"
+    return ms, note, each
+
+
+def training(s: Suite, preset: str, size: tuple[int, int, int], route: tuple[int, int, float]) -> None:
+    from motif_video import get_preset
+
+    config = get_preset(preset)
+    width, height, frames = size
+    grid, text_len = ((frames - 1) // 4 + 1, height // 8, width // 8), GPU_TEXT[0]
+    torch.manual_seed(0)
+    model = build_training_model(config, s.device, s.dtype, checkpointing=True)
+    inputs = training_inputs(config, grid, text_len, s.device, s.dtype)
+    times = time_training_steps(model, inputs, route, warmup=1, repeats=2)
+    shape = dict(batch=1, latent_frames=grid[0], latent_height=grid[1], latent_width=grid[2], text_len=text_len)
+    n = grid[0] * (grid[1] // 2) * (grid[2] // 2)
+    peak = peak_flops_for(s.device)
+    for name, span in (("dense", None), ("tread", route)):
+        flops = training_step_flops(config, **shape, route=span).matmul
+        secs = times[name]
+        util = None if secs is None else mfu(flops, secs, peak)
+        case = "no route" if span is None else f"TREAD {span[0]}-{span[1] - 1} @ {span[2]:g}"
+        ours = "OOM" if secs is None else f"{secs:.3f} s/step, {flops / 1e12:.1f} TFLOP"
+        note = f"kept {kept_tokens(n, route[2]) if span else n} of {n} tokens; checkpointing; MFU "
+        note += "-" if util is None else f"{util:.1%}"
+        s.add(f"training {width}x{height}x{frames}", case, ours, "-", "-", note)
+    del model
+
+
+def pytest_gpu(s: Suite) -> None:
+    marked = [p for p in sorted((ROOT / "tests").glob("test_*.py")) if "mark.gpu" in p.read_text(encoding="utf-8")]
+    target = [p.relative_to(ROOT).as_posix() for p in marked]  # only these: the others may need the lab or tensorboard
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *target]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(s.left(), 1))
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    result = lines[-1].strip("= ") if lines else f"exit {done.returncode}"
+    s.add("pytest -m gpu", " ".join(target), result, "-", "-", f"{time.perf_counter() - started:.0f} s")
+
+
+def memory(s: Suite, ours_model: Any, size: tuple[int, int, int], official_text: bool) -> None:
+    from diffusers import AutoencoderKLWan
+
+    started = time.perf_counter()
+    base = build_tiny_components(0)
+    if not s.smoke:
+        base["transformer"] = ours_model.to("cpu")
+        base["text_encoder"], what = text_encoder(official_text, s.device, s.dtype)  # on the CPU
+        base["vae"] = AutoencoderKLWan().eval()
+    else:
+        base["transformer"].fuse_qkv_projections()
+        what = "tiny components"
+    label = f"memory {size[0]}x{size[1]}x{size[2]}"
+    s.add(label, "components", f"built in {time.perf_counter() - started:.0f} s", "-", "-", what)
+    per_mode = 0.0
+    for mode in sorted(MEMORY_MODES, key=MEMORY_ORDER.index):
+        if not s.fits(label, mode, per_mode):
+            continue
+        started = time.perf_counter()
+        r = measure_memory_mode(mode, base, s.device, size, 2, 0)
+        per_mode = max(per_mode, time.perf_counter() - started)
+        unit, scale = ("GiB", 2**30) if s.device.type == "cuda" else ("MiB RSS", 2**20)
+        if r.total_s is None:
+            s.add(label, mode, "-", "-", "-", r.note)
+            continue
+        cells = f"peak {r.peak / scale:.2f} {unit}, {fmt_ms(r.ms_per_step)}/step"
+        s.add(label, mode, cells, "-", "-", f"resident {r.resident / scale:.2f} {unit}; {r.note}".rstrip("; "))
+
+
+# ------------------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> Suite:
+    cuda = torch.cuda.is_available() and not args.smoke
+    setup = SMOKE if args.smoke else FULL
+    sections = tuple(args.sections or (BUDGET_S if args.smoke else DEFAULT_SECTIONS))
+    s = Suite(torch.device("cuda" if cuda else "cpu"), setup["dtype"], args.smoke, args.budget, chosen=sections)
+    if not cuda and not args.smoke:
+        raise SystemExit("no CUDA GPU: run with --smoke for the CPU check of this script")
+    small, large = setup["sizes"]
+    started = time.perf_counter()
+    ours_model = random_official_transformer(s.device, s.dtype, 0, setup["preset"])
+    ref_model = reference_transformer(ours_model)  # also fuses our q/k/v
+    n = ours_model.num_parameters() / 1e9
+    s.add("build", "transformers", f"{time.perf_counter() - started:.0f} s", "-", "-", f"{setup['preset']} ({n:.2f}B)")
+    text = text_embeddings(ours_model.config.text_embed_dim, s.device, s.dtype, 0)
+    pipes = pipelines(s, ours_model, ref_model)
+    # Random weights have no calibration of their own: the calibrated rules run on the small model's curve
+    pipes[0].defaults = replace(pipes[0].defaults, step_cache=read_defaults(read_index(small_model_dir())).step_cache)
+    modes = list(MODES) + (["sage"] if "sage" in available_backends() and cuda else [])
+    chosen = set(sections)
+    if "parity" in chosen:
+        s.section("parity", lambda: parity(s, ours_model, ref_model, small))
+    measured: dict[str, Any] = {"step": 0.0, "ref": None}
+    if "step" in chosen:
+        s.section("step", lambda: measured.update(zip(("step", "ref"), steps_section(s, pipes, text, small, modes, 0))))
+    if "training" in chosen:
+        s.section("training", lambda: training(s, setup["preset"], small, setup["route"]))
+    if "pytest" in chosen:
+        s.section("pytest", lambda: pytest_gpu(s))
+    if "step-720" in chosen:
+        guess = (measured["step"] or 1e3) * setup["scale"]  # from this run's 480p step, else a 1 s guess
+        s.section("step-720", lambda: steps_section(s, pipes, text, large, ["exact", HEADLINE], guess))
+    if "compile" in chosen:
+        guess, ref_ms = measured["step"] or 1e3, measured["ref"]
+        s.section("compile", lambda: steps_section(s, pipes, text, small, ["compile"], guess, ref_ms))
+    pipes = ref_model = None  # the memory modes build their own pipelines from CPU copies
+    if "memory" in chosen:
+        s.section("memory", lambda: memory(s, ours_model, small, args.text_encoder == "official"))
+    return s
+
+
+def table(s: Suite) -> str:
+    gpu = torch.cuda.get_device_name() if s.device.type == "cuda" else "CPU (--smoke: tiny sizes, fp32)"
+    head = [
+        f"gpu_suite {datetime.date.today().isoformat()}, {gpu}, {versions()}; "
+        f"{time.perf_counter() - s.start:.0f} s of a {s.budget:.0f} s budget",
+        "",
+        "| section | case | ours | diffusers | ours/ref | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + ["| " + " | ".join(row) + " |" for row in s.rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU: a check that the suite runs")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for all sections (default 390; smoke 300)")
+    parser.add_argument("--sections", nargs="+", default=None, choices=list(BUDGET_S), help="default: all but compile")
+    parser.add_argument("--text-encoder", choices=("official", "stand-in"), default="official")
+    parser.add_argument("--out", default=None, help="also write the table (markdown) to this file")
+    args = parser.parse_args()
+    args.budget = args.budget or (300.0 if args.smoke else 390.0)  # smoke: every path, on a busy CPU
+    diffusers_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    s = run(args)
+    text = table(s)
+    print(text, flush=True)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
