@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -52,6 +51,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, MotifVideoImage2VideoPipe
 from diffusers import MotifVideoPipeline as ReferencePipeline
 from diffusers.utils import logging as diffusers_logging
 
+from _common import StepMarks
 from motif_video import MotifVideoTransformer
 from motif_video.core.flow import DEFAULT_SHIFT_I2V, DEFAULT_SHIFT_T2V
 from motif_video.pipeline import MotifVideoPipeline
@@ -66,29 +66,13 @@ GPU_TEXT = (512, 120, 100)  # padded length, valid prompt tokens, valid negative
 GPU_WEIGHT_NOISE = 0.02  # std added to every parameter after init_weights (which zeroes the output layers)
 
 
-class StepTimer:
-    """A step-end callback that records when each step ended."""
-
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync = sync
-        self.marks: list[float] = []
-
-    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
-        self.sync()
-        self.marks.append(time.perf_counter())
-        return {}
-
-    def intervals_ms(self) -> list[float]:
-        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
-
-
 @dataclass
 class Timing:
     ms_per_step: float
     out: torch.Tensor
 
 
-Call = Callable[[StepTimer, str], Any]  # (timer, phase) -> output; phase: "warmup" | "timed" | "last"
+Call = Callable[[StepMarks, str], Any]  # (timer, phase) -> output; phase: "warmup" | "timed" | "last"
 
 
 def time_calls(calls: dict[str, Call], repeats: int, cuda: bool) -> dict[str, Timing]:
@@ -100,7 +84,7 @@ def time_calls(calls: dict[str, Call], repeats: int, cuda: bool) -> dict[str, Ti
     phases = ["warmup"] + ["timed"] * (repeats - 1) + ["last"]
     for phase in phases:
         for name, call in calls.items():
-            timer = StepTimer(sync)
+            timer = StepMarks(sync)
             outputs[name] = None
             if cuda:
                 gc.collect()
@@ -160,7 +144,7 @@ def cpu_cases(steps: int, repeats: int, seed: int) -> list[str]:
         if i2v:
             kwargs["image"] = torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed + 1))
 
-        def run(pipe: Any, timer: StepTimer, phase: str, kwargs: dict = kwargs, shift: float = shift) -> Any:
+        def run(pipe: Any, timer: StepMarks, phase: str, kwargs: dict = kwargs, shift: float = shift) -> Any:
             extra = {"shift": shift} if pipe is ours else {}
             if phase == "warmup":  # short and undecoded: the decoder is never timed
                 extra["num_inference_steps"] = 2
@@ -244,7 +228,7 @@ def gpu_cases(
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
         common = dict(height=height, width=width, num_frames=frames, num_inference_steps=steps, output_type="latent")
 
-        def run(pipe: Any, name: str, timer: StepTimer, phase: str, common: dict = common, noise: Any = noise) -> Any:
+        def run(pipe: Any, name: str, timer: StepMarks, phase: str, common: dict = common, noise: Any = noise) -> Any:
             extra = {"shift": DEFAULT_SHIFT_T2V} if pipe is ours else {}
             if phase == "warmup":
                 extra["num_inference_steps"] = 2

@@ -15,27 +15,9 @@ import torch
 from hostile_helpers import Payload, copy_release, edit_json, error_line
 from motif_video.cli import main
 from motif_video.models.checkpoint_io import CheckpointError
+from training_helpers import tiny_recipe
 
-RECIPE = """
-log_every = 1
-checkpoint_every = 2
-ema_decay = 0.9
-tensorboard = false
-[model]
-preset = "tiny"
-[parallel]
-param_dtype = "float32"
-activation_checkpointing = false
-[[stages]]
-name = "only"
-steps = 2
-lr = 1e-3
-[stages.sources.video]
-path = "synthetic"
-buckets = ["5x32x32"]
-batch_size = 2
-synthetic_shards = 2
-"""
+RECIPE = tiny_recipe(2)
 
 
 @pytest.fixture(scope="module")

@@ -24,28 +24,9 @@ from motif_video.training import checkpoint as checkpoint_module
 from motif_video.training.recipe import Recipe, get_recipe_preset
 from motif_video.training.run import final_checkpoint, run_recipe
 from motif_video.training.trainer import StopTraining
-from training_helpers import kill_after
+from training_helpers import kill_after, tiny_recipe
 
-RECIPE = """
-log_every = 1
-checkpoint_every = 2
-ema_decay = 0.9
-tensorboard = false
-[model]
-preset = "tiny"
-[parallel]
-param_dtype = "float32"
-activation_checkpointing = false
-[[stages]]
-name = "only"
-steps = 4
-lr = 1e-3
-[stages.sources.video]
-path = "synthetic"
-buckets = ["5x32x32"]
-batch_size = 2
-synthetic_shards = 2
-"""
+RECIPE = tiny_recipe(4)
 
 
 def _recipe() -> Recipe:
