@@ -15,9 +15,8 @@ Rules, as a string (`StepCache.parse`; `pipe(..., cache=...)`, `--cache`):
   since the encoder last ran; it runs again once the sum reaches T.
 - "calibrated:T": the same sum, but of the change of the encoder's OUTPUT that this model showed when it was
   calibrated (`calibrate`: exact sampling of a few prompts, the relative L1 change per unit of t of each branch,
-  stored with the model as `GenerationDefaults.step_cache`), predicted from where t is and how far it moved. On
-  the small model the unconditional branch's output moves twenty times faster than the conditional one's in the
-  first steps and then barely at all, which no input-side signal sees.
+  stored with the model as `GenerationDefaults.step_cache`), predicted from where t is and how far it moved: the
+  two branches' outputs can move at very different rates, which no input-side signal sees (docs/performance.md).
 - options after a comma: "uncond=K" (guidance-aware: the unconditional branch uses K times the interval or
   threshold, so it is reused more), "warmup=W" (the first W calls of each branch always run the encoder;
   default 1, which the first call needs anyway).
