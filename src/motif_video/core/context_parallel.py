@@ -1,0 +1,192 @@
+"""Ulysses context parallelism for the transformer forward, wrapped around the model from outside.
+
+`enable_context_parallel(model, group)` shards the N video tokens of every forward over the P ranks of a
+torch.distributed process group; every rank holds the full weights and the same inputs.
+
+- embed: runs in full on every rank, then keeps its own contiguous N/P slice of the patch tokens and the same
+  rows of the RoPE tables, so each rank rotates exactly its own tokens. Context (image, text) tokens stay
+  replicated. N must divide by P (refused with a message otherwise; no padding).
+- joint attention of the blocks (dual, single, DDT decoder): the blocks call `blocks.attention`, which this
+  module swaps once for a dispatcher; while a parallel forward runs it does the Ulysses exchange:
+  one all-to-all turns the sharded q, k, v (B, H, N/P, Dh) into (B, H/P, N, Dh), each rank takes its head slice
+  of the replicated context, attention runs over the full sequence, one all-to-all turns the video output back,
+  and an all-gather over heads rebuilds the (small) replicated context output. In the decoder both halves of
+  [video; video context] are sharded alike, so the whole local sequence goes through the all-to-all: each
+  rank then sees a permutation of the 2N tokens, which attention without a key mask does not notice.
+- cross-attention (video queries on text keys) is local to each query and needs no exchange.
+- head: the decoder's tokens are all-gathered before the final projection and unpatchify.
+
+Outside a parallel forward the dispatcher calls the plain `attention`, so other models in the process and the
+default path compute exactly what they did. Inference only (the collectives carry no gradient); a TREAD route
+is refused.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from motif_video.models import blocks as blocks_module
+from motif_video.models.attention import attention as plain_attention
+from motif_video.models.phases import Embedded, PhaseOutput
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """The state of one parallel phase: the group, this rank, and how the local sequence is laid out."""
+
+    group: Any
+    rank: int
+    size: int
+    video_len: int  # local video tokens at the start of each joint sequence
+    tail_sharded: bool  # True in the decoder (its video context is sharded too), False for replicated context
+
+
+_active: contextvars.ContextVar[_Shard | None] = contextvars.ContextVar("motif_video_ulysses", default=None)
+
+
+def _all_to_all(x: torch.Tensor, group: Any) -> torch.Tensor:
+    """x: (P, ...) -> (P, ...): chunk j goes to rank j; chunk i of the result came from rank i."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    dist.all_to_all_single(out, x, group=group)
+    return out
+
+
+def _scatter_heads(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(S, B, H, n, Dh) sharded over tokens -> (S, B, H/P, P*n, Dh) sharded over heads (token order kept)."""
+    s, b, h, n, d = x.shape
+    chunks = x.reshape(s, b, p, h // p, n, d).permute(2, 0, 1, 3, 4, 5)  # (P, S, B, H/P, n, Dh)
+    got = _all_to_all(chunks, _active.get().group)  # chunk i: my heads of rank i's tokens
+    return got.permute(1, 2, 3, 0, 4, 5).reshape(s, b, h // p, p * n, d)
+
+
+def _gather_heads(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, H/P, P*n, Dh) sharded over heads -> (B, H, n, Dh) sharded over tokens: the inverse of `_scatter_heads`."""
+    b, hp, pn, d = x.shape
+    chunks = x.reshape(b, hp, p, pn // p, d).permute(2, 0, 1, 3, 4)  # (P, B, H/P, n, Dh)
+    got = _all_to_all(chunks, _active.get().group)  # chunk i: heads of rank i, my tokens
+    return got.permute(1, 0, 2, 3, 4).reshape(b, p * hp, pn // p, d)
+
+
+def _all_gather(x: torch.Tensor, dim: int, group: Any, size: int) -> torch.Tensor:
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x, group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def ulysses_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Joint attention with the video tokens sharded over ranks; same signature and result as `attention`.
+
+    q, k, v: (B, H, L, Dh) with L = n + M local tokens (n video; M context, replicated in the encoder, sharded
+    in the decoder); key_mask: (B, L) over the local keys, its video part all valid. Returns (B, H, L, Dh).
+    """
+    shard = _active.get()
+    if shard is None:
+        return plain_attention(q, k, v, key_mask)
+    p, heads, n = shard.size, q.shape[1], shard.video_len
+    if shard.tail_sharded:
+        if key_mask is not None:
+            raise ValueError("context parallelism: a sharded context cannot carry a key mask")
+        fq, fk, fv = _scatter_heads(torch.stack((q, k, v)), p).unbind(0)  # each (B, H/P, P*L, Dh)
+        return _gather_heads(plain_attention(fq, fk, fv), p)  # (B, H, L, Dh)
+    mine = slice(shard.rank * heads // p, (shard.rank + 1) * heads // p)
+    vq, vk, vv = _scatter_heads(torch.stack((q[:, :, :n], k[:, :, :n], v[:, :, :n])), p).unbind(0)
+    fq = torch.cat((vq, q[:, mine, n:]), dim=2)  # (B, H/P, N + M, Dh)
+    fk = torch.cat((vk, k[:, mine, n:]), dim=2)
+    fv = torch.cat((vv, v[:, mine, n:]), dim=2)
+    mask = None
+    if key_mask is not None:
+        video = key_mask.new_ones(key_mask.shape[0], p * n)
+        mask = torch.cat((video, key_mask[:, n:]), dim=1)  # (B, N + M)
+    out = plain_attention(fq, fk, fv, mask)  # (B, H/P, N + M, Dh)
+    video_out = _gather_heads(out[:, :, : p * n], p)  # (B, H, n, Dh)
+    context_out = _all_gather(out[:, :, p * n :], 1, shard.group, p)  # (B, H, M, Dh)
+    return torch.cat((video_out, context_out), dim=2)
+
+
+@contextmanager
+def _phase(shard: _Shard):
+    token = _active.set(shard)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def check_degree(heads: int, degree: int) -> None:
+    """Refuse a Ulysses degree that does not divide the head count."""
+    if degree < 1 or heads % degree:
+        divisors = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise ValueError(
+            f"context-parallel degree {degree} must divide the {heads} attention heads (Ulysses splits heads); "
+            f"use one of {divisors}"
+        )
+
+
+def enable_context_parallel(model: nn.Module, group: Any = None) -> nn.Module:
+    """Make `model` (a MotifVideoTransformer) run each forward Ulysses-parallel over `group` (default: world).
+
+    Every rank must call the model with the same inputs; every rank gets the full output. Returns the model.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("enable_context_parallel needs an initialised torch.distributed process group")
+    size, rank = dist.get_world_size(group), dist.get_rank(group)
+    check_degree(model.config.num_attention_heads, size)
+    if getattr(model, "_context_parallel", None) is not None:
+        raise ValueError("context parallelism is already enabled on this model")
+    blocks_module.attention = ulysses_attention  # a no-op outside a parallel forward
+    embed, encode, decode, head = model.embed, model.encode, model.decode, model.head
+
+    def shard(video_len: int, *, decoder: bool) -> _Shard:
+        return _Shard(group, rank, size, video_len, decoder)
+
+    def sharded_embed(*args: Any, **kwargs: Any) -> Embedded:
+        emb = embed(*args, **kwargs)
+        n = emb.patches.shape[1]
+        if n % size:
+            raise ValueError(
+                f"context parallelism over {size} ranks needs a token count that divides by {size}; the latent "
+                f"grid {emb.grid} has {n} tokens: change the frame count or resolution"
+            )
+        mine = slice(rank * n // size, (rank + 1) * n // size)
+        cos, sin = emb.rope
+        return replace(emb, patches=emb.patches[:, mine], rope=(cos[mine], sin[mine]))
+
+    def sharded_encode(emb: Embedded, *, route: Any = None, repa_block: int | None = None) -> PhaseOutput:
+        if route is not None:
+            raise ValueError("context parallelism does not support a TREAD route")
+        with _phase(shard(emb.patches.shape[1], decoder=False)):
+            return encode(emb, route=None, repa_block=repa_block)
+
+    def sharded_decode(
+        emb: Embedded, encoded: torch.Tensor, *, route: Any = None, repa_block: int | None = None
+    ) -> PhaseOutput:
+        if route is not None:
+            raise ValueError("context parallelism does not support a TREAD route")
+        with _phase(shard(emb.patches.shape[1], decoder=True)):
+            return decode(emb, encoded, route=None, repa_block=repa_block)
+
+    def gathered_head(x: torch.Tensor, emb: Embedded) -> torch.Tensor:
+        return head(_all_gather(x, 1, group, size), emb)  # (B, N, D) -> (B, C_out, F, H, W)
+
+    model.embed, model.encode, model.decode, model.head = sharded_embed, sharded_encode, sharded_decode, gathered_head
+    model._context_parallel = (group, size)
+    return model
+
+
+def disable_context_parallel(model: nn.Module) -> nn.Module:
+    """Undo `enable_context_parallel` on this model (the attention dispatcher stays: it is inert)."""
+    for name in ("embed", "encode", "decode", "head"):
+        model.__dict__.pop(name, None)
+    model._context_parallel = None
+    return model
