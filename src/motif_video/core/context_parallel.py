@@ -5,14 +5,16 @@ torch.distributed process group; every rank holds the full weights and the same 
 
 - embed: runs in full on every rank, then keeps its own contiguous N/P slice of the patch tokens and the same
   rows of the RoPE tables, so each rank rotates exactly its own tokens. Context (image, text) tokens stay
-  replicated. N must divide by P (refused with a message otherwise; no padding).
+  replicated. When N does not divide by P the sequence is padded to the next multiple; padding tokens are
+  masked out as keys in every joint attention and dropped before the head. Fewer tokens than ranks is refused.
 - joint attention of the blocks (dual, single, DDT decoder): the blocks call `blocks.attention`, which this
   module swaps once for a dispatcher; while a parallel forward runs it does the Ulysses exchange:
   one all-to-all turns the sharded q, k, v (B, H, N/P, Dh) into (B, H/P, N, Dh), each rank takes its head slice
   of the replicated context, attention runs over the full sequence, one all-to-all turns the video output back,
   and an all-gather over heads rebuilds the (small) replicated context output. In the decoder both halves of
   [video; video context] are sharded alike, so the whole local sequence goes through the all-to-all: each
-  rank then sees a permutation of the 2N tokens, which attention without a key mask does not notice.
+  rank then sees a permutation of the 2N tokens, which attention does not notice (a padding mask is laid out
+  in the same order).
 - cross-attention (video queries on text keys) is local to each query and needs no exchange.
 - head: the decoder's tokens are all-gathered before the final projection and unpatchify.
 
@@ -46,6 +48,13 @@ class _Shard:
     size: int
     video_len: int  # local video tokens at the start of each joint sequence
     tail_sharded: bool  # True in the decoder (its video context is sharded too), False for replicated context
+    tokens: int  # the real video tokens N; positions from N up to P * video_len are padding
+
+    def valid(self, device: torch.device) -> torch.Tensor | None:
+        """(P * n,) bool over the padded token order, or None when nothing is padded."""
+        if self.tokens == self.size * self.video_len:
+            return None
+        return torch.arange(self.size * self.video_len, device=device) < self.tokens
 
 
 _active: contextvars.ContextVar[_Shard | None] = contextvars.ContextVar("motif_video_ulysses", default=None)
@@ -94,20 +103,25 @@ def ulysses_attention(
     if shard is None:
         return plain_attention(q, k, v, key_mask)
     p, heads, n = shard.size, q.shape[1], shard.video_len
+    valid = shard.valid(q.device)  # (P * n,) or None
     if shard.tail_sharded:
         if key_mask is not None:
             raise ValueError("context parallelism: a sharded context cannot carry a key mask")
         fq, fk, fv = _scatter_heads(torch.stack((q, k, v)), p).unbind(0)  # each (B, H/P, P*L, Dh)
-        return _gather_heads(plain_attention(fq, fk, fv), p)  # (B, H, L, Dh)
+        if valid is not None:  # gathered order: per rank [its video shard; its video-context shard]
+            valid = valid.view(p, n).repeat(1, 2).flatten().expand(q.shape[0], -1)  # (B, 2 * P * n)
+        return _gather_heads(plain_attention(fq, fk, fv, valid), p)  # (B, H, L, Dh)
     mine = slice(shard.rank * heads // p, (shard.rank + 1) * heads // p)
     vq, vk, vv = _scatter_heads(torch.stack((q[:, :, :n], k[:, :, :n], v[:, :, :n])), p).unbind(0)
     fq = torch.cat((vq, q[:, mine, n:]), dim=2)  # (B, H/P, N + M, Dh)
     fk = torch.cat((vk, k[:, mine, n:]), dim=2)
     fv = torch.cat((vv, v[:, mine, n:]), dim=2)
     mask = None
-    if key_mask is not None:
-        video = key_mask.new_ones(key_mask.shape[0], p * n)
-        mask = torch.cat((video, key_mask[:, n:]), dim=1)  # (B, N + M)
+    if key_mask is not None or valid is not None:
+        b, m = q.shape[0], q.shape[2] - n
+        video = q.new_ones(b, p * n, dtype=torch.bool) if valid is None else valid.expand(b, -1)
+        context = q.new_ones(b, m, dtype=torch.bool) if key_mask is None else key_mask[:, n:].bool()
+        mask = torch.cat((video, context), dim=1)  # (B, P*n + M)
     out = plain_attention(fq, fk, fv, mask)  # (B, H/P, N + M, Dh)
     video_out = _gather_heads(out[:, :, : p * n], p)  # (B, H, n, Dh)
     context_out = _all_gather(out[:, :, p * n :], 1, shard.group, p)  # (B, H, M, Dh)
@@ -147,25 +161,31 @@ def enable_context_parallel(model: nn.Module, group: Any = None) -> nn.Module:
     blocks_module.attention = ulysses_attention  # a no-op outside a parallel forward
     embed, encode, decode, head = model.embed, model.encode, model.decode, model.head
 
-    def shard(video_len: int, *, decoder: bool) -> _Shard:
-        return _Shard(group, rank, size, video_len, decoder)
+    def shard(emb: Embedded, *, decoder: bool) -> _Shard:
+        f, h, w = emb.grid
+        return _Shard(group, rank, size, emb.patches.shape[1], decoder, f * h * w)
 
     def sharded_embed(*args: Any, **kwargs: Any) -> Embedded:
         emb = embed(*args, **kwargs)
-        n = emb.patches.shape[1]
-        if n % size:
+        tokens = emb.patches.shape[1]
+        if tokens < size:
             raise ValueError(
-                f"context parallelism over {size} ranks needs a token count that divides by {size}; the latent "
-                f"grid {emb.grid} has {n} tokens: change the frame count or resolution"
+                f"context parallelism over {size} ranks needs at least {size} video tokens; the latent grid "
+                f"{emb.grid} has {tokens}"
             )
-        mine = slice(rank * n // size, (rank + 1) * n // size)
+        n = -(-tokens // size)  # tokens per rank; the last ranks carry up to size - 1 masked padding tokens
+        pad = n * size - tokens
         cos, sin = emb.rope
-        return replace(emb, patches=emb.patches[:, mine], rope=(cos[mine], sin[mine]))
+        patches = nn.functional.pad(emb.patches, (0, 0, 0, pad))  # (B, P * n, D)
+        cos = nn.functional.pad(cos, (0, 0, 0, pad), value=1.0)  # padding rows rotate by zero
+        sin = nn.functional.pad(sin, (0, 0, 0, pad))
+        mine = slice(rank * n, (rank + 1) * n)
+        return replace(emb, patches=patches[:, mine], rope=(cos[mine], sin[mine]))
 
     def sharded_encode(emb: Embedded, *, route: Any = None, repa_block: int | None = None) -> PhaseOutput:
         if route is not None:
             raise ValueError("context parallelism does not support a TREAD route")
-        with _phase(shard(emb.patches.shape[1], decoder=False)):
+        with _phase(shard(emb, decoder=False)):
             return encode(emb, route=None, repa_block=repa_block)
 
     def sharded_decode(
@@ -173,11 +193,13 @@ def enable_context_parallel(model: nn.Module, group: Any = None) -> nn.Module:
     ) -> PhaseOutput:
         if route is not None:
             raise ValueError("context parallelism does not support a TREAD route")
-        with _phase(shard(emb.patches.shape[1], decoder=True)):
+        with _phase(shard(emb, decoder=True)):
             return decode(emb, encoded, route=None, repa_block=repa_block)
 
     def gathered_head(x: torch.Tensor, emb: Embedded) -> torch.Tensor:
-        return head(_all_gather(x, 1, group, size), emb)  # (B, N, D) -> (B, C_out, F, H, W)
+        f, h, w = emb.grid
+        x = _all_gather(x, 1, group, size)[:, : f * h * w]  # (B, N, D), padding dropped
+        return head(x, emb)  # (B, C_out, F, H, W)
 
     model.embed, model.encode, model.decode, model.head = sharded_embed, sharded_encode, sharded_decode, gathered_head
     model._context_parallel = (group, size)
