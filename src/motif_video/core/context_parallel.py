@@ -275,6 +275,24 @@ def enable_context_parallel(
     return model
 
 
+def token_sum(model: nn.Module, emb: Embedded, x: torch.Tensor) -> torch.Tensor:
+    """The sum of `x` (b, n, ...) over the real video tokens of the whole sequence: a 0-d fp32 tensor, the same on
+    every rank. On a context-parallel model `x` holds this rank's token shard: its padding rows are left out and
+    the partial sums are all-reduced over the group, so a decision taken from it (step reuse's adaptive rule)
+    is the one a single process takes, and no rank runs the encoder's collectives alone. Otherwise `x.sum()`."""
+    total = x.float().sum()
+    parallel = getattr(model, "_context_parallel", None)
+    if parallel is None:
+        return total
+    group, size = parallel
+    f, h, w = emb.grid
+    n, start = x.shape[1], dist.get_rank(group) * x.shape[1]
+    real = max(0, min(n, f * h * w - start))  # this rank's tokens that are not padding
+    total = x[:, :real].float().sum().reshape(1)
+    dist.all_reduce(total, group=group)
+    return total[0]
+
+
 def disable_context_parallel(model: nn.Module) -> nn.Module:
     """Undo `enable_context_parallel` on this model (the attention dispatcher stays: it is inert)."""
     for name in ("embed", "encode", "decode", "head"):
