@@ -5,6 +5,8 @@ VAE encoder and the decoder run on rank 0 only; bad layouts are refused before a
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
+import motif_video
 from model_helpers import free_port
 from motif_video.pipeline.parallel_layout import ParallelLayout, check_layout, video_tokens
 from motif_video.pipeline.pipeline import GenerationDefaults, MotifVideoPipeline
@@ -143,3 +146,15 @@ def test_layout_parse_and_refusals():
     ]:
         with pytest.raises(ValueError, match=message):
             check_layout(layout, world, heads=12, **kwargs)
+
+
+def test_bench_parallel_smoke():
+    """`benchmarks/bench_parallel.py --smoke` (the degree-1 overhead table) runs, so it cannot rot before a GPU run."""
+    root = Path(__file__).resolve().parent.parent
+    src = Path(motif_video.__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(src), str(root / "benchmarks")]))
+    command = [sys.executable, "benchmarks/bench_parallel.py", "--smoke", "--steps", "2", "--repeats", "1"]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows == ["Variant", "plain", "launch cp=1,cfg=1", "ulysses P=1"], done.stdout
