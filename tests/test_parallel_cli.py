@@ -91,10 +91,11 @@ def test_a_failing_rank_ends_the_launch_with_one_message(tmp_path):
         (2, ["--parallel", "cfg=2", "--guidance", "none"], "no step of this call runs guidance"),
         (2, ["--parallel", "cp=2", "--height", "16", "--width", "16", "--num-frames", "1"], "each rank needs"),
         (2, ["--parallel", "tp=2"], "write cp=P,cfg=G"),
+        (2, ["--parallel", "cp=2", "--cache", "adaptive:0.3"], "use ddt:N (a fixed interval) with cp > 1"),
         (2, [], "without --parallel"),
         (2, ["--parallel", "cp=2", "--device", "cuda:1"], None),  # cuda:N refused (no CUDA here: not available)
     ],
-    ids=["world", "no-torchrun", "cfg3", "unguided", "tokens", "syntax", "missing", "cuda-index"],
+    ids=["world", "no-torchrun", "cfg3", "unguided", "tokens", "syntax", "adaptive-cache", "missing", "cuda-index"],
 )
 def test_bad_layouts_are_refused_before_loading(tmp_path, monkeypatch, capsys, world, args, message):
     monkeypatch.setattr(generate_cli, "build_pipeline", lambda settings: pytest.fail("loaded a model"))

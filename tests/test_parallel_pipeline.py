@@ -137,12 +137,14 @@ def test_layout_parse_and_refusals():
         with pytest.raises(ValueError, match=message):
             ParallelLayout.parse(bad)
     assert video_tokens(32, 32, 5, (2, 1)) == 8
-    check_layout(ParallelLayout(2, 2), 4, heads=12, tokens=8, guided=True)
+    check_layout(ParallelLayout(2, 2), 4, heads=12, tokens=8, guided=True, cache="ddt:2")
+    check_layout(ParallelLayout(1, 2), 2, heads=12, cache="adaptive:0.3")  # one rank per branch: decides alone
     for layout, world, kwargs, message in [
         (ParallelLayout(2, 2), 2, {}, "needs cp x cfg = 4 processes, and there are 2"),
         (ParallelLayout(1, 3), 3, {}, "cfg is 1 or 2"),
         (ParallelLayout(1, 2), 2, dict(guided=False), "no step of this call runs guidance"),
         (ParallelLayout(4, 1), 4, dict(tokens=2), "each rank needs at least one"),
+        (ParallelLayout(2, 1), 2, dict(cache="calibrated:0.16"), "use ddt:N"),
     ]:
         with pytest.raises(ValueError, match=message):
             check_layout(layout, world, heads=12, **kwargs)

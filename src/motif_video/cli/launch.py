@@ -5,6 +5,7 @@
   WORLD_SIZE among the rest) BEFORE the process group starts or any model loads; then the group starts (NCCL on
   cuda:LOCAL_RANK, gloo on the CPU), every rank builds the pipeline and runs it under `enable_parallel`, and
   rank 0 alone writes the video and its JSON record, prints the paths and shows the progress bar and logs.
+  Ranks other than 0 never run the text encoder, so they keep its weights on the CPU (`--text-encoder-cpu`).
 - One message per failure, no traceback. A refused setting is the same on every rank: rank 0 prints it, the
   others exit with the same status in silence. Later, the first rank to fail (a counter in the group's store)
   prints its error with its rank; a rank failing after it (a peer gone from a collective, `PeerFailed`, the same
@@ -96,6 +97,8 @@ def run_launched(make_settings: Callable[[], GenerateSettings]) -> int:
     with _default_sigterm():
         try:
             settings = _start_group(settings, local_rank)
+            if rank != 0:  # only rank 0 runs the text encoder (`pipeline.parallel`): the others keep it off the GPU
+                settings = replace(settings, text_encoder_on_cpu=True)
             result = run_pipeline(settings)
         except Exception as err:  # noqa: BLE001 - every failure becomes one line (or silence, see _report)
             return _report(err, rank)

@@ -8,7 +8,9 @@
   integers, missing keys 1.
 - `check_layout` refuses, with what to change: cfg outside {1, 2}; cp x cfg different from the world size;
   cfg=2 when no step runs guidance (nothing to split); more cp ranks than video tokens; a cp degree the heads do
-  not allow (`core.context_parallel.check_degree`, so the rule follows whatever that module accepts).
+  not allow (`core.context_parallel.check_degree`, so the rule follows whatever that module accepts); with
+  cp > 1, the adaptive and calibrated step-reuse rules (each rank would decide on its own token shard, and ranks
+  that decide differently wait on each other for ever).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from motif_video.core.context_parallel import check_degree
 from motif_video.core.latent_space import VAE_SPATIAL, VAE_TEMPORAL
+from motif_video.pipeline.step_cache import StepCache
 
 KEYS = ("cp", "cfg")
 
@@ -63,11 +66,18 @@ def video_tokens(height: int, width: int, num_frames: int, patch: tuple[int, int
 
 
 def check_layout(
-    layout: ParallelLayout, world: int, *, heads: int, tokens: int | None = None, guided: bool | None = None
+    layout: ParallelLayout,
+    world: int,
+    *,
+    heads: int,
+    tokens: int | None = None,
+    guided: bool | None = None,
+    cache: str | StepCache | None = None,
 ) -> None:
     """Refuse a layout that cannot run (ValueError saying what to change). `world`: processes in the group;
     `heads`: the transformer's attention heads; `tokens`: video tokens per forward and `guided`: whether any
-    step runs guidance, each None when not known yet (checked again when the call is planned)."""
+    step runs guidance, each None when not known yet (checked again when the call is planned); `cache`: the
+    step-reuse rule."""
     if layout.cfg not in (1, 2):
         raise ValueError(
             f"cfg={layout.cfg}: guidance parallelism splits the conditional and unconditional branches, so cfg is "
@@ -89,6 +99,12 @@ def check_layout(
         raise ValueError(
             f"cp={layout.cp} ranks for a video of {tokens} tokens: each rank needs at least one; use cp <= {tokens} "
             "or a larger size"
+        )
+    rule = StepCache.parse(cache)
+    if layout.cp > 1 and rule is not None and rule.rule != "ddt":
+        raise ValueError(
+            f"cache {rule.rule}: its decision reads each rank's own token shard, so context-parallel ranks could "
+            "decide differently and wait on each other; use ddt:N (a fixed interval) with cp > 1"
         )
     if layout.cp > 1:
         check_degree(heads, layout.cp)
