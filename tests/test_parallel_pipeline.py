@@ -1,6 +1,7 @@
 """`pipe.enable_parallel` on 2 and 4 gloo ranks gives the single-process result of the tiny pipeline (fp32): T2V
 and I2V, context (cp=2), guidance (cfg=2) and both (cp=2 x cfg=2), with DDT step reuse; the text encoder, the
-VAE encoder and the decoder run on rank 0 only; bad layouts are refused before any encoder runs."""
+VAE encoder and the decoder run on rank 0 only; a failure on rank 0 while encoding stops every rank; bad layouts
+are refused before any encoder runs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from PIL import Image
 
 import motif_video
 from model_helpers import free_port
+from motif_video.pipeline.parallel import PeerFailed
 from motif_video.pipeline.parallel_layout import ParallelLayout, check_layout, video_tokens
 from motif_video.pipeline.pipeline import GenerationDefaults, MotifVideoPipeline
 from motif_video.pipeline.tiny import TINY_DEFAULTS, build_tiny_components
@@ -85,6 +87,11 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             _call(pipe, {"guidance": "none"})
         with pytest.raises(ValueError, match="already enabled"):
             pipe.enable_parallel(cp=world_size)
+        if rank == 0:  # rank 0 fails while encoding the prompt: the others stop too, instead of waiting
+            pipe.encode_prompt = lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk gone"))
+        with pytest.raises(OSError if rank == 0 else PeerFailed, match="disk gone"):
+            _call(pipe, {})
+        pipe.__dict__.pop("encode_prompt", None)
         pipe.disable_parallel()
         results["plain_after_disable"] = _call(pipe, {})  # every rank alone again
         torch.save(dict(results=results, counts=counts), Path(out_dir) / f"rank{rank}.pt")
