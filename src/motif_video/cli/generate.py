@@ -4,8 +4,10 @@
 pipeline takes as they are), plus what only a run has: where the model comes from, sampler, memory mode, dtype,
 device, fps and the output file. The command line builds its flags from both dataclasses' fields. A run is
 checked in full BEFORE any model is loaded, so bad input costs a second, not a model load; then the pipeline
-runs and each video is written atomically (never half-written) with the settings and versions as JSON beside
-it. Several prompts or videos per prompt write `stem-<k>.<ext>` files.
+runs (`run_pipeline`) and each video is written atomically (never half-written) with the settings and versions
+as JSON beside it (`write_videos`). Several prompts or videos per prompt write `stem-<k>.<ext>` files.
+`--parallel cp=P,cfg=G` under torchrun splits one call over the processes (`cli.launch`; the layout is checked
+here with the rest, against torchrun's WORLD_SIZE).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from motif_video import bounds, safe_read
 from motif_video.cli.flags import add_settings_flags, settings_from_args
 from motif_video.core.devices import check_device
 from motif_video.core.video_io import check_output
+from motif_video.env import torchrun_env
+from motif_video.pipeline.parallel_layout import ParallelLayout, check_layout, video_tokens
 from motif_video.pipeline.settings import GenerationSettings, option
 
 logger = logging.getLogger(__name__)
@@ -84,6 +88,9 @@ class GenerateSettings:
     dtype: str = option("auto", "float32, bfloat16 or float16 (default auto: bf16 on GPU, fp32 on CPU)")
     device: str = option("auto", "cpu, cuda or cuda:N (default auto: cuda if available)")
     output: str = option("video.mp4", "file (.mp4, .gif, .webm) or folder/ for PNG frames (default video.mp4)")
+    parallel: str | None = option(
+        None, "cp=P,cfg=G: one video over P context x G (1 or 2) guidance processes started by torchrun"
+    )
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -149,8 +156,34 @@ class GenerateSettings:
         videos = len(self.prompts) * g.num_videos_per_prompt
         dtype_bytes = self.resolved_dtype().itemsize
         size = (g.height or defaults.height, g.width or defaults.width, g.num_frames or defaults.num_frames)
+        self._check_parallel(config, size)
         check_memory(config, *size, videos, dtype_bytes=dtype_bytes, device=self.resolved_device(),
                      weights=weight_bytes(folder), weights_on_device=self.offload == "none")  # fmt: skip
+
+    def _check_parallel(self, config: Any, size: tuple[int, int, int]) -> None:
+        """`--parallel` against torchrun's world size, the model's heads and the video's tokens (`check_layout`)."""
+        world = torchrun_env()[1]
+        if self.parallel is None:
+            if world > 1:
+                raise ValueError(
+                    f"started as {world} processes (WORLD_SIZE={world}) without --parallel: pass --parallel "
+                    f"cp={world} (or cfg=2 with cp={world // 2}) to split one video over them"
+                )
+            return
+        layout = ParallelLayout.parse(self.parallel)
+        if layout.world == 1 and world == 1:
+            return  # cp=1,cfg=1 in one process: the plain path
+        tokens = video_tokens(*size, (config.patch_size, config.patch_size_t or 1))
+        guided = False if self.generation.guidance == "none" else None  # else known once the guider is loaded
+        cache = self.generation.cache
+        check_layout(layout, world, heads=config.num_attention_heads, tokens=tokens, guided=guided, cache=cache)
+        if self.device.startswith("cuda:"):
+            raise ValueError("under torchrun each process takes cuda:LOCAL_RANK: pass --device cuda (or auto)")
+
+    def launch_layout(self) -> ParallelLayout | None:
+        """The `--parallel` layout when it spans processes; None for the plain path."""
+        layout = None if self.parallel is None else ParallelLayout.parse(self.parallel)
+        return layout if layout is not None and layout.world > 1 else None
 
     def as_record(self) -> dict[str, Any]:
         """Every field, the generation options among them, as one flat dict (what the run record stores)."""
@@ -236,20 +269,47 @@ def generate(
 ) -> list[Path]:
     """Run `settings`; returns the written video paths (each with a settings JSON beside it). `on_step(done)` is
     called after each denoising step with the number of steps done; an exception it raises stops the run."""
-    from motif_video.core.run_record import record_path_for, write_run_record
-    from motif_video.core.video_io import export_video
-
     settings.validate()
+    result = run_pipeline(settings, pipe, on_step)
+    return [] if result.frames is None else write_videos(settings, result)
+
+
+@dataclass
+class Generated:
+    """What `run_pipeline` made: the pipeline, its frames (None on the ranks that do not write) and timings."""
+
+    pipe: Any
+    frames: Any
+    timings_s: dict[str, float]
+
+
+def run_pipeline(
+    settings: GenerateSettings, pipe: Any | None = None, on_step: Callable[[int], None] | None = None
+) -> Generated:
+    """Build (or take) the pipeline, enable the `--parallel` layout when it spans processes, and generate."""
     started = time.perf_counter()
     pipe = pipe if pipe is not None else build_pipeline(settings)
+    layout = settings.launch_layout()
+    if layout is not None and pipe.parallel_layout != layout:
+        pipe.disable_parallel()
+        pipe.enable_parallel(layout.cp, layout.cfg)
     loaded = time.perf_counter()
-    warn_unknown_words(pipe.tokenizer, settings.prompts)
+    if pipe.is_main_rank:
+        warn_unknown_words(pipe.tokenizer, settings.prompts)
     step_end = None if on_step is None else lambda _pipe, i, _t, _tensors: on_step(i + 1) or {}
     frames = pipe.generate(
         settings.prompts, settings.generation, image=settings.image, output_type="np", callback_on_step_end=step_end
     ).frames
-    done = time.perf_counter()
+    timings = dict(load=round(loaded - started, 3), generate=round(time.perf_counter() - loaded, 3))
+    return Generated(pipe, frames, timings)
 
+
+def write_videos(settings: GenerateSettings, result: Generated) -> list[Path]:
+    """Each video atomically, with its run record (settings, resolved call, timings) as JSON beside it."""
+    from motif_video.core.run_record import record_path_for, write_run_record
+    from motif_video.core.video_io import export_video
+
+    pipe, frames = result.pipe, result.frames
     resolved = pipe.last_call  # every sampling argument as the pipeline resolved it
     fps = settings.fps or pipe.defaults.fps
     paths = output_paths(settings.output, len(frames))
@@ -263,7 +323,7 @@ def generate(
             model_source=pipe.source,
             resolved=resolved,
             fps=fps,
-            timings_s=dict(load=round(loaded - started, 3), generate=round(done - loaded, 3)),
+            timings_s=result.timings_s,
         )
         write_run_record(record_path_for(path), record)
         logger.info("wrote %s", path)
@@ -309,6 +369,10 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    if torchrun_env()[1] > 1:  # one of torchrun's processes
+        from motif_video.cli.launch import run_launched
+
+        return run_launched(lambda: settings_from_args(GenerateSettings, args, prompts=_read_prompts(args)))
     settings = settings_from_args(GenerateSettings, args, prompts=_read_prompts(args))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for path in generate(settings):

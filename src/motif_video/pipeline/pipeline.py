@@ -14,7 +14,7 @@ the longest one, and what does not change across steps (text, image tokens, cond
 A call runs in phases, each in its own module: resolve and check the inputs (`inputs.plan_call`), encode text
 and image (`encoding`), draw the starting noise, denoise (`sampler.denoise`, a function of tensors), decode.
 Options can also come as one `GenerationSettings` (`pipe.generate(prompt, settings)`); memory modes live in
-`memory.MemoryModes`.
+`memory.MemoryModes`; one video over several processes (`enable_parallel`) in `parallel.ParallelModes`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from motif_video.pipeline import encoding, footprint, inputs, lora
 from motif_video.pipeline.guidance import GuidanceConfig
 from motif_video.pipeline.inputs import MODEL_DEFAULT_NEGATIVE, CallPlan
 from motif_video.pipeline.memory import MemoryModes
+from motif_video.pipeline.parallel import ParallelModes
 from motif_video.pipeline.sampler import Condition, StepEnd, denoise
 from motif_video.pipeline.schedule import set_scheduler_sigmas, unshifted_scheduler
 from motif_video.pipeline.settings import GenerationSettings
@@ -55,7 +56,7 @@ class MotifVideoPipelineOutput:
         return (self.frames,)[index]
 
 
-class MotifVideoPipeline(MemoryModes):
+class MotifVideoPipeline(MemoryModes, ParallelModes):
     """Text/image-to-video with our transformer and the official text encoder, VAE and SigLIP processor."""
 
     def __init__(
@@ -268,14 +269,17 @@ class MotifVideoPipeline(MemoryModes):
         device, dtype = self.device, self.transformer.dtype
         footprint.check_call(self.transformer, plan.height, plan.width, plan.num_frames, plan.batch, plan.needs_uncond,
                              dtype, device)  # fmt: skip
+        self._check_parallel_call(plan, cache)
 
-        # 2. encode the text, draw the noise, encode the image (the noise first, as the reference draws it)
-        text, negative = encoding.text_conditions(
-            self, plan, prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
-        )
-        latents = self._initial_latents(plan, latents, generator)
+        # 2. encode the text, draw the noise, encode the image (the noise first, as the reference draws it); under
+        # `enable_parallel` on rank 0 only, then broadcast (`_share`)
+        text, negative = self._share(
+            lambda: encoding.text_conditions(self, plan, prompt_embeds, prompt_attention_mask,
+                                             negative_prompt_embeds, negative_prompt_attention_mask)
+        )  # fmt: skip
+        latents = self._share(lambda: self._initial_latents(plan, latents, generator))
         first_frames, image_tokens = (
-            encoding.image_conditions(self, plan, image, generator) if plan.i2v else (None, None)
+            self._share(lambda: encoding.image_conditions(self, plan, image, generator)) if plan.i2v else (None, None)
         )
         channels = latent_ops.condition_channels(first_frames, tuple(latents.shape), device, dtype)
         cond = Condition(*text, channels, image_tokens)
@@ -290,6 +294,7 @@ class MotifVideoPipeline(MemoryModes):
             transformer_dtype=str(dtype),
             vae_dtype=str(vae_dtype),
             device=str(device),
+            **self._parallel_record(),
         )
         self._interrupt = False
         reuse = StepCache.parse(cache)
@@ -299,8 +304,8 @@ class MotifVideoPipeline(MemoryModes):
             self.last_reuse = EncoderReuse(self.transformer, rule, dtype, split_encoder, curve)
         else:
             self.last_reuse = None
-        model = self.last_reuse or model
-        with self.using("transformer"), tqdm(total=len(plan.sigmas), **self._progress_kwargs) as bar:
+        model = self._parallel_model(self.last_reuse or model)  # split over the guidance ranks under cfg=2
+        with self.using("transformer"), tqdm(total=len(plan.sigmas), **self._bar_options()) as bar:
             step_end = self._step_end(plan, callback_on_step_end, bar.update)
             latents = denoise(
                 model,
@@ -317,8 +322,10 @@ class MotifVideoPipeline(MemoryModes):
         if self.last_reuse is not None:
             self.last_call["cache"] = self.last_reuse.summary()
 
-        # 4. decode
-        video = latents if output_type == "latent" else self.decode(latents, output_type, vae_batch_size)
+        # 4. decode (rank 0 only under `enable_parallel`: the others return None)
+        video = latents if output_type == "latent" else None
+        if video is None and self.is_main_rank:
+            video = self.decode(latents, output_type, vae_batch_size)
         return MotifVideoPipelineOutput(frames=video) if return_dict else (video,)
 
     def generate(
