@@ -62,7 +62,7 @@ def test_launch_writes_once_with_single_process_frames(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.parent.iterdir()) == ["frames", "frames.json"]  # one video, one record
     assert done.stdout.split() == [str(out)]  # printed by rank 0 only
     record = json.loads((out.parent / "frames.json").read_text())["settings"]
-    assert record["parallel"] == "cp=2" and record["resolved"]["parallel"] == dict(cp=2, cfg=1, world=2)
+    assert record["parallel"] == "cp=2" and record["resolved"]["parallel"] == dict(cp=2, cfg=1, world=2, fsdp=0)
     got, expected = _frames(out), _frames(single)
     assert got.shape == expected.shape == (5, 32, 32, 3)
     assert np.abs(got - expected).max() <= 1
@@ -91,11 +91,11 @@ def test_a_failing_rank_ends_the_launch_with_one_message(tmp_path):
         (2, ["--parallel", "cfg=2", "--guidance", "none"], "no step of this call runs guidance"),
         (2, ["--parallel", "cp=2", "--height", "16", "--width", "16", "--num-frames", "1"], "each rank needs"),
         (2, ["--parallel", "tp=2"], "write cp=P,cfg=G"),
-        (2, ["--parallel", "cp=2", "--cache", "adaptive:0.3"], "use ddt:N (a fixed interval) with cp > 1"),
+        (2, ["--parallel", "cp=2,fsdp=1", "--offload", "block"], "fsdp=1 already shards the weights"),
         (2, [], "without --parallel"),
         (2, ["--parallel", "cp=2", "--device", "cuda:1"], None),  # cuda:N refused (no CUDA here: not available)
     ],
-    ids=["world", "no-torchrun", "cfg3", "unguided", "tokens", "syntax", "adaptive-cache", "missing", "cuda-index"],
+    ids=["world", "no-torchrun", "cfg3", "unguided", "tokens", "syntax", "fsdp-offload", "missing", "cuda-index"],
 )
 def test_bad_layouts_are_refused_before_loading(tmp_path, monkeypatch, capsys, world, args, message):
     monkeypatch.setattr(generate_cli, "build_pipeline", lambda settings: pytest.fail("loaded a model"))

@@ -28,6 +28,10 @@ SIZE = dict(height=32, width=32, num_frames=5, num_inference_steps=2)  # 2 x 2 x
 PROMPT = "a red dog runs on the beach at sunset"
 
 # name -> (cp, cfg, call options); each world size runs its cases in one launch
+FSDP_CASES = {  # on a fresh pipeline (fsdp=1 is not undone): cp, cfg, call options
+    2: (2, 1, {"i2v": True}),
+    4: (2, 2, {"i2v": True, "cache": "ddt:2"}),
+}
 CASES = {
     2: {
         "t2v_cp2": (2, 1, {}),
@@ -94,6 +98,14 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         pipe.__dict__.pop("encode_prompt", None)
         pipe.disable_parallel()
         results["plain_after_disable"] = _call(pipe, {})  # every rank alone again
+        sharded = _pipe()
+        cp, cfg, options = FSDP_CASES[world_size]
+        sharded.enable_parallel(cp=cp, cfg=cfg, fsdp=True)
+        results["fsdp"] = _call(sharded, options)
+        weight = next(sharded.transformer.blocks[0].parameters())  # a DTensor, resharded after the forwards
+        results["fsdp_local"] = (weight.to_local().numel(), weight.numel())
+        with pytest.raises(ValueError, match="stay so"):
+            sharded.disable_parallel()
         torch.save(dict(results=results, counts=counts), Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -110,12 +122,19 @@ def test_parallel_pipeline_matches_one_process(tmp_path, world_size):
         error = (got - expected).abs().max().item()
         print(f"{name} on {world_size} ranks: max abs diff {error:.2e}")
         assert error <= 1e-5, name
-        assert ranks[0]["results"]["record_" + name] == dict(cp=cp, cfg=cfg, world=cp * cfg)
+        assert ranks[0]["results"]["record_" + name] == dict(cp=cp, cfg=cfg, world=cp * cfg, fsdp=0)
         for other in ranks[1:]:
             if options.get("output_type") == "np":
                 assert other["results"][name] is None  # only rank 0 decodes
             else:  # latents: identical on every rank
                 assert torch.equal(other["results"][name], ranks[0]["results"][name])
+    cp, cfg, options = FSDP_CASES[world_size]
+    error = (torch.as_tensor(ranks[0]["results"]["fsdp"]) - torch.as_tensor(_call(pipe, options))).abs().max().item()
+    print(f"fsdp cp={cp},cfg={cfg} on {world_size} ranks: max abs diff {error:.2e}")
+    assert error <= 1e-5
+    for rank in ranks:
+        local, full = rank["results"]["fsdp_local"]
+        assert local * cp == full  # each context rank holds 1/cp of every block weight
     plain = torch.as_tensor(_call(pipe, {}))
     assert torch.equal(ranks[-1]["results"]["plain_after_disable"], plain)
     calls = len(CASES[world_size]) + 1  # + the plain call after disable_parallel
@@ -133,10 +152,14 @@ def test_layout_parse_and_refusals():
     assert ParallelLayout.parse("cp=4,cfg=2") == ParallelLayout(4, 2)
     assert ParallelLayout.parse(" cfg = 2 ") == ParallelLayout(1, 2)
     assert str(ParallelLayout.parse("cp=3")) == "cp=3,cfg=1"
+    assert (
+        ParallelLayout.parse("cp=2,fsdp=1") == ParallelLayout(2, 1, 1) and ParallelLayout.parse("cp=2,fsdp=0").fsdp == 0
+    )
     for bad, message in [
         ("cp=2,cp=2", "given twice"),
         ("tp=2", "write cp=P,cfg=G"),
         ("cp=0", "positive integer"),
+        ("cp=2,fsdp=2", "fsdp is 0 or 1"),
         ("cp=x", "positive integer"),
         ("cp=2;cfg=2", "positive integer"),
         ("", "write cp=P,cfg=G"),
@@ -149,6 +172,7 @@ def test_layout_parse_and_refusals():
     for layout, world, kwargs, message in [
         (ParallelLayout(2, 2), 2, {}, "needs cp x cfg = 4 processes, and there are 2"),
         (ParallelLayout(1, 3), 3, {}, "cfg is 1 or 2"),
+        (ParallelLayout(1, 2, 1), 2, {}, "needs cp >= 2"),
         (ParallelLayout(1, 2), 2, dict(guided=False), "no step of this call runs guidance"),
         (ParallelLayout(4, 1), 4, dict(tokens=2), "each rank needs at least one"),
         (ParallelLayout(2, 1), 2, dict(cache="calibrated:0.16"), "use ddt:N"),

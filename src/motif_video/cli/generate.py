@@ -89,7 +89,9 @@ class GenerateSettings:
     device: str = option("auto", "cpu, cuda or cuda:N (default auto: cuda if available)")
     output: str = option("video.mp4", "file (.mp4, .gif, .webm) or folder/ for PNG frames (default video.mp4)")
     parallel: str | None = option(
-        None, "cp=P,cfg=G: one video over P context x G (1 or 2) guidance processes started by torchrun"
+        None,
+        "cp=P,cfg=G[,fsdp=1]: one video over P context x G (1 or 2) guidance processes started by torchrun; "
+        "fsdp=1 also shards the transformer weights over the context ranks",
     )
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -129,6 +131,12 @@ class GenerateSettings:
             raise ValueError(f"unsupported output format {out.suffix!r}: use .mp4, .gif, .webm, or a folder for PNGs")
         for path in output_paths(self.output, len(self.prompts) * self.generation.num_videos_per_prompt):
             check_output(path)
+        if (
+            self.parallel is not None
+            and ParallelLayout.parse(self.parallel).fsdp
+            and (self.offload != "none" or self.fp8)
+        ):
+            raise ValueError("fsdp=1 already shards the weights: drop --offload / --fp8, or use them without fsdp=1")
         check_device(self.device)
         if self.offload != "none" and self.resolved_device().type != "cuda":
             raise ValueError(f"--offload {self.offload} moves weights between CPU and GPU: it needs --device cuda")
@@ -292,7 +300,7 @@ def run_pipeline(
     layout = settings.launch_layout()
     if layout is not None and pipe.parallel_layout != layout:
         pipe.disable_parallel()
-        pipe.enable_parallel(layout.cp, layout.cfg)
+        pipe.enable_parallel(layout.cp, layout.cfg, bool(layout.fsdp))
     loaded = time.perf_counter()
     if pipe.is_main_rank:
         warn_unknown_words(pipe.tokenizer, settings.prompts)

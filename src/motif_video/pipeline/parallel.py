@@ -4,6 +4,10 @@ A mixin of `MotifVideoPipeline`; every rank holds the whole pipeline and makes t
 - Groups: `new_group` per axis in the order of a ("cfg", "cp") mesh (`parallel_layout`): the transformer gets
   `enable_context_parallel(transformer, cp_group)` when cp > 1, and the call's model function (after step reuse,
   so `cache=` and `split_encoder` compose) is wrapped by `guidance_parallel(..., cfg_group)` when cfg = 2.
+- `fsdp=True`: every transformer block is FSDP2-sharded (`fully_shard`) over its context group, whose ranks run
+  the same blocks in step (guidance ranks may not: step reuse can run one branch's encoder and not the other's).
+  Each block's weights are all-gathered for its forward and freed after it; embedders and head stay whole. It
+  cannot be undone in place (`disable_parallel` refuses): build a new pipeline.
 - Inputs made once: the text encoder (prompt and negative embeddings with their masks), the starting noise and
   the I2V conditions (VAE-encoded first frame, SigLIP tokens) run on global rank 0 only, and reach the others in
   one broadcast of their sizes and one of their bytes (any dtype, bool masks included). Every rank then holds
@@ -100,14 +104,28 @@ def _to_bytes(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.detach().to(device).contiguous().reshape(-1).view(torch.uint8)
 
 
+def _shard_blocks(transformer: Any, group: Any) -> None:
+    """FSDP2 over `group` for each block, for inference: weights all-gathered per block forward, resharded after."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+
+    device = next(transformer.parameters()).device
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"fsdp=1 shards weights on CPU or CUDA, and the transformer is on {device}")
+    mesh = DeviceMesh.from_group(group, device.type)
+    for block in transformer.blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+
+
 class ParallelModes:
     """`enable_parallel` / `disable_parallel` and the hooks `MotifVideoPipeline.__call__` runs through."""
 
     _parallel: ParallelRun | None = None
 
-    def enable_parallel(self, cp: int = 1, cfg: int = 1) -> None:
+    def enable_parallel(self, cp: int = 1, cfg: int = 1, fsdp: bool = False) -> None:
         """Run each call over the initialised default process group as `cp` context ranks x `cfg` guidance
-        ranks (world size = cp x cfg; cfg is 1 or 2). Every rank must call this, then make the same calls."""
+        ranks (world size = cp x cfg; cfg is 1 or 2); `fsdp`: also shard the blocks' weights over each context
+        group. Every rank must call this, then make the same calls."""
         if not dist.is_initialized():
             raise ValueError(
                 "enable_parallel needs an initialised torch.distributed process group: launch with torchrun and "
@@ -115,7 +133,7 @@ class ParallelModes:
             )
         if self._parallel is not None:
             raise ValueError(f"parallelism is already enabled ({self._parallel.layout}): call disable_parallel first")
-        layout = ParallelLayout(cp, cfg)
+        layout = ParallelLayout(cp, cfg, int(fsdp))
         check_layout(layout, dist.get_world_size(), heads=self.transformer.config.num_attention_heads)
         run = ParallelRun(layout, dist.get_rank())
         cp_index, cfg_index = run.rank % cp, run.rank // cp
@@ -129,6 +147,8 @@ class ParallelModes:
             run.groups += groups
         if run.cp_group is not None:
             enable_context_parallel(self.transformer, run.cp_group)
+        if layout.fsdp:
+            _shard_blocks(self.transformer, run.cp_group)
         self._parallel = run
 
     def disable_parallel(self) -> None:
@@ -136,6 +156,8 @@ class ParallelModes:
         run = self._parallel
         if run is None:
             return
+        if run.layout.fsdp:
+            raise ValueError("the transformer's weights are sharded (fsdp=1) and stay so: build a new pipeline")
         if run.cp_group is not None:
             disable_context_parallel(self.transformer)
         for group in run.groups:

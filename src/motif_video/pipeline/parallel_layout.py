@@ -4,8 +4,10 @@
   ranks (1, or 2: the conditional and unconditional halves of a guided step). World size = cp x cfg.
 - Global rank r sits at (cfg index r // cp, cp index r % cp), the order of a ("cfg", "cp") device mesh: ranks
   [g * cp, (g + 1) * cp) shard one guidance branch's tokens; ranks {c, cp + c} split the branches.
-- `ParallelLayout.parse("cp=4,cfg=2")`: the command line's `--parallel`; a key given once, values positive
-  integers, missing keys 1.
+- `fsdp=1` also shards the transformer blocks' weights over each context group (FSDP2 `fully_shard`, inference:
+  each block's weights are all-gathered for its forward and freed after), for cards too small for 2B weights.
+- `ParallelLayout.parse("cp=4,cfg=2,fsdp=1")`: the command line's `--parallel`; a key given once, cp and cfg
+  positive integers (missing: 1), fsdp 0 or 1 (missing: 0).
 - `check_layout` refuses, with what to change: cfg outside {1, 2}; cp x cfg different from the world size;
   cfg=2 when no step runs guidance (nothing to split); more cp ranks than video tokens; a cp degree the heads do
   not allow (`core.context_parallel.check_degree`, so the rule follows whatever that module accepts); with
@@ -21,7 +23,7 @@ from motif_video.core.context_parallel import check_degree
 from motif_video.core.latent_space import VAE_SPATIAL, VAE_TEMPORAL
 from motif_video.pipeline.step_cache import StepCache
 
-KEYS = ("cp", "cfg")
+KEYS = ("cp", "cfg", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class ParallelLayout:
 
     cp: int = 1
     cfg: int = 1
+    fsdp: int = 0  # 1: the blocks' weights sharded over each context group
 
     @property
     def world(self) -> int:
@@ -37,24 +40,26 @@ class ParallelLayout:
 
     @classmethod
     def parse(cls, text: str) -> ParallelLayout:
-        """ "cp=4,cfg=2" -> ParallelLayout(4, 2); a missing key is 1."""
+        """ "cp=4,cfg=2" -> ParallelLayout(4, 2); a missing cp or cfg is 1, a missing fsdp 0."""
         values: dict[str, int] = {}
         for part in text.split(","):
             key, sep, value = (s.strip() for s in part.partition("="))
             if not sep or key not in KEYS:
-                raise ValueError(f"--parallel {text!r}: write cp=P,cfg=G (for example cp=4,cfg=2 or cp=2)")
+                raise ValueError(f"--parallel {text!r}: write cp=P,cfg=G[,fsdp=1] (for example cp=4,cfg=2 or cp=2)")
             if key in values:
                 raise ValueError(f"--parallel {text!r}: {key} is given twice")
-            if not value.isdigit() or int(value) < 1:
+            if key == "fsdp" and value not in ("0", "1"):
+                raise ValueError(f"--parallel {text!r}: fsdp is 0 or 1, got {value!r}")
+            if not value.isdigit() or (key != "fsdp" and int(value) < 1):
                 raise ValueError(f"--parallel {text!r}: {key} must be a positive integer, got {value!r}")
             values[key] = int(value)
         return cls(**values)
 
     def __str__(self) -> str:
-        return f"cp={self.cp},cfg={self.cfg}"
+        return f"cp={self.cp},cfg={self.cfg}" + (",fsdp=1" if self.fsdp else "")
 
     def to_dict(self) -> dict[str, int]:
-        return dict(cp=self.cp, cfg=self.cfg, world=self.world)
+        return dict(cp=self.cp, cfg=self.cfg, world=self.world, fsdp=self.fsdp)
 
 
 def video_tokens(height: int, width: int, num_frames: int, patch: tuple[int, int]) -> int:
@@ -85,6 +90,11 @@ def check_layout(
         )
     if layout.cp < 1:
         raise ValueError(f"cp={layout.cp}: the context-parallel degree must be at least 1")
+    if layout.fsdp and layout.cp < 2:
+        raise ValueError(
+            "fsdp=1 shards the weights over the context-parallel ranks (the ranks that run the same blocks in "
+            "step); it needs cp >= 2"
+        )
     if layout.world != world:
         raise ValueError(
             f"--parallel {layout} needs cp x cfg = {layout.world} processes, and there are {world}: launch with "
