@@ -41,6 +41,7 @@ CASES = {
     4: {
         "t2v_cp2xcfg2": (2, 2, {}),
         "i2v_cp2xcfg2_ddt": (2, 2, {"i2v": True, "cache": "ddt:2"}),
+        "i2v_cp4_ulysses2xring2_ddt": (4, 1, {"i2v": True, "cache": "ddt:2"}),  # the tiny model has 2 heads
     },
 }
 
