@@ -228,3 +228,23 @@ def test_attention_flag_sets_the_backend(monkeypatch):
     monkeypatch.setattr(attention_module, "set_attention_backend", chosen.append)
     build_pipeline(GenerateSettings(["x"], preset="tiny", attention="sdpa"))
     assert chosen == ["sdpa"]
+
+
+def test_steady_skips_only_where_the_calibrated_change_is_small(pipe):
+    from motif_video.pipeline.sampler import Condition
+    from motif_video.pipeline.step_cache import EncoderReuse
+
+    rule = StepCache.parse("ddt:1,skip=2,steady=0.1")
+    assert str(rule) == "ddt:1,skip=2,steady=0.1"
+    with pytest.raises(ValueError, match="calibration"):
+        EncoderReuse(pipe.transformer, rule, torch.float32)
+    # the change per 1000 of t: 5 (moving fast) above t = 500, 0.5 (steady) below
+    curve = {"t": [999.0, 501.0, 499.0, 1.0], "cond": [5.0, 5.0, 0.5, 0.5], "uncond": [5.0, 5.0, 0.5, 0.5]}
+    reuse = EncoderReuse(pipe.transformer, rule, torch.float32, curve=curve)
+    text, mask = pipe.encode_prompt(PROMPTS[:1])
+    cond = Condition(text, mask, torch.zeros(1, 17, 3, 4, 4))
+    latents = torch.randn(1, 16, 3, 4, 4)
+    for t in (900.0, 800.0, 700.0, 600.0, 400.0, 300.0, 200.0, 100.0):
+        reuse(latents, torch.tensor([t]), cond)
+    # 100 of t above 500 is a change of 0.5 (run); below 500 it is 0.05 (skip, at most every second call)
+    assert [c.model for c in reuse.calls] == [True, True, True, True, True, False, True, False]

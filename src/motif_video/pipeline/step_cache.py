@@ -26,6 +26,9 @@ Rules, as a string (`StepCache.parse`; `pipe(..., cache=...)`, `--cache`):
   TaylorSeer-style). The encoder rule counts only the calls that ran the model. Encoder reuse caps at about
   1.9x at 720p (the decoder is ~half a forward); skipping whole steps is what goes past it. A call skips only
   when every branch in it may; "skip=1" (the default) is no whole-step reuse and exactly the frames without it.
+  "steady=C" places the skips where this model is steady: a call may skip only while its branch's calibrated
+  change (the curve of "calibrated:T", integrated over t since the model last ran) stays below C, so the first
+  steps (where the unconditional branch moves 30-60% per step) and the last ones (4-13%) always run the model.
 A branch whose text changed (a step-end callback edited it) runs the model and the encoder again.
 
 `split=True` (`pipe(..., split_encoder=True)`, with or without a rule) runs the encoder once per group of videos
@@ -46,7 +49,8 @@ import torch
 from motif_video.pipeline.sampler import Condition
 
 CACHE_RULES = ("off", "ddt", "adaptive", "calibrated")
-_OPTIONS = ("uncond", "warmup", "skip", "order")
+_OPTIONS = ("uncond", "warmup", "skip", "order", "steady")
+_REAL_OPTIONS = ("uncond", "steady")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class StepCache:
     warmup: int = 1
     skip: int = 1  # whole-step reuse: the model runs on one call in `skip` of a branch
     order: int = 0  # a skipped call's velocity: 0 the last one, 1 extrapolated linearly in t from the last two
+    steady: float = 0.0  # > 0: skip only while the calibrated change since the model last ran is below this
 
     def __post_init__(self) -> None:
         if self.rule not in CACHE_RULES:
@@ -70,8 +75,11 @@ class StepCache:
             raise ValueError(f"{self.rule}:T needs a threshold T >= 0, got {self.value:g}")
         if self.uncond < 1 or self.warmup < 1:
             raise ValueError(f"uncond must be >= 1 and warmup >= 1, got {self.uncond:g} and {self.warmup}")
-        if self.skip < 1 or self.order not in (0, 1):
-            raise ValueError(f"skip must be >= 1 and order 0 or 1, got skip={self.skip} and order={self.order}")
+        if self.skip < 1 or self.order not in (0, 1) or self.steady < 0:
+            raise ValueError(
+                f"skip must be >= 1, order 0 or 1 and steady >= 0, got skip={self.skip}, order={self.order}, "
+                f"steady={self.steady:g}"
+            )
 
     @classmethod
     def parse(cls, text: str | StepCache | None) -> StepCache | None:
@@ -85,16 +93,16 @@ class StepCache:
         if rule not in CACHE_RULES[1:] or not value:
             raise ValueError(
                 f"cache must be off, ddt:N, adaptive:T or calibrated:T (options ,uncond=K ,warmup=W ,skip=S "
-                f",order=0|1), got {text!r}"
+                f",order=0|1 ,steady=C), got {text!r}"
             )
         extra: dict[str, Any] = {}
         for option in options:
             name, _, number = option.partition("=")
             if name not in _OPTIONS or not number:
                 raise ValueError(f"unknown cache option {option!r} in {text!r}: use {', '.join(_OPTIONS)}")
-            if name != "uncond" and not number.isdigit():
+            if name not in _REAL_OPTIONS and not number.isdigit():
                 raise ValueError(f"cache option {name} takes a whole number, got {option!r} in {text!r}")
-            extra[name] = float(number) if name == "uncond" else int(number)
+            extra[name] = float(number) if name in _REAL_OPTIONS else int(number)
         try:
             return cls(rule, float(value), **extra)
         except (TypeError, ValueError) as error:
@@ -105,6 +113,7 @@ class StepCache:
             f",warmup={self.warmup}" if self.warmup != 1 else ""
         )
         extra += (f",skip={self.skip}" if self.skip != 1 else "") + (f",order={self.order}" if self.order else "")
+        extra += f",steady={self.steady:g}" if self.steady else ""
         return f"{self.rule}:{self.value:g}{extra}"
 
     def limit(self, branch: str) -> float:
@@ -199,11 +208,16 @@ class EncoderReuse:
         """Whole-step reuse: every branch's predicted velocity (B, 16, F', h, w) when each may skip this call (it
         ran the model within the last `skip` calls, past its warm-up, with this text and batch), else None."""
         states = [self._state.get(name) for name, _ in parts]
-        for state, (_, rows) in zip(states, parts):
+        for state, (name, rows) in zip(states, parts):
             if state is None or not state.velocities or state.text is not text or state.calls < self.rule.warmup:
                 return None
             if state.idle >= self.rule.skip - 1 or state.velocities[-1][1].shape[0] != rows.stop - rows.start:
                 return None
+            if self.rule.steady:
+                t_model = state.velocities[-1][0]
+                change = _rate(self.curve, name, (t_model + t) / 2) * abs(t_model - t) / 1000
+                if change >= self.rule.steady:
+                    return None
         for state, (name, rows) in zip(states, parts):
             state.idle += 1
             self.calls.append(EncoderCall(name, rows.stop - rows.start, 0, 0, encoder=False, model=False))
@@ -254,8 +268,8 @@ class EncoderReuse:
         return False
 
     def __post_init__(self) -> None:
-        if self.rule.rule == "calibrated" and not self.curve:
-            raise ValueError("cache 'calibrated:T' needs the model's calibration (GenerationDefaults.step_cache)")
+        if (self.rule.rule == "calibrated" or self.rule.steady) and not self.curve:
+            raise ValueError(f"cache {str(self.rule)!r} needs the model's calibration (GenerationDefaults.step_cache)")
 
     def summary(self) -> dict[str, Any]:
         """For the run record: the rule, and per branch how many calls ran the encoder."""
