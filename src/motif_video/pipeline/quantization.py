@@ -119,27 +119,26 @@ def fp8_problem(mode: str, device: torch.device | str | None = None) -> str | No
     change; None when it can. Checks only the environment (torchao, device), never a model."""
     if mode not in FP8_MODES:
         return f"unknown FP8 mode {mode!r}: choose one of {', '.join(FP8_MODES)}"
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if mode != "weights":  # the hardware first: no torchao import (and its warnings) to refuse a CPU run
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return (
+                f"--fp8 {mode} computes in FP8 on a CUDA GPU of compute capability >= 8.9 (Ada, Hopper), not on "
+                f"{device.type}: use --fp8 weights, or run on such a GPU"
+            )
+        capability = torch.cuda.get_device_capability(device)
+        if capability < FP8_COMPUTE_CAPABILITY:
+            name = torch.cuda.get_device_name(device)
+            return (
+                f"--fp8 {mode} needs compute capability >= 8.9 (Ada, Hopper); {name} has "
+                f"{capability[0]}.{capability[1]}: use --fp8 weights"
+            )
     try:
         _import_torchao()
     except ImportError:
         return TORCHAO_INSTALL_HINT
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    if mode == "weights":
-        if not _float8_casts_work(device):
-            return f"device {device} cannot store float8 tensors (torch {torch.__version__}): run without --fp8"
-        return None
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return (
-            f"--fp8 {mode} computes in FP8 on a CUDA GPU of compute capability >= 8.9 (Ada, Hopper), not on "
-            f"{device.type}: use --fp8 weights, or run on such a GPU"
-        )
-    capability = torch.cuda.get_device_capability(device)
-    if capability < FP8_COMPUTE_CAPABILITY:
-        name = torch.cuda.get_device_name(device)
-        return (
-            f"--fp8 {mode} needs compute capability >= 8.9 (Ada, Hopper); {name} has "
-            f"{capability[0]}.{capability[1]}: use --fp8 weights"
-        )
+    if mode == "weights" and not _float8_casts_work(device):
+        return f"device {device} cannot store float8 tensors (torch {torch.__version__}): run without --fp8"
     return None
 
 
