@@ -19,12 +19,17 @@ not fit what is left of its section or of the run is skipped with the reason:
   parity    one bf16 forward at 832x480x49 (B=1, and B=2 with unequal text lengths): ours vs diffusers
   step      time per denoising step (APG on every step, i.e. guidance on) at 832x480x49: diffusers' pipeline,
             our exact mode and each fast mode (`_common.MODES`; "sage" when sageattention is installed)
+  precision each lower-precision mode against bf16 at 832x480x49 (`suite_precision.py`): "sage", "fp8-dynamic",
+            "fp8-dynamic-tensor", "fp8-weights": the velocity's error in one forward, the latents' PSNR after a
+            few steps, ms/step
   training  a training step with and without TREAD (`bench_tread`: checkpointing, time, MFU)
   pytest    `pytest -m gpu`
-  step-720  1280x736x121: diffusers, our exact mode and the headline fast mode (`_common.HEADLINE`)
+  step-720  1280x736x121: diffusers, our exact mode and the headline fast mode (`_common.HEADLINE`), and the
+            modes of `_common.DERIVED` estimated from its refresh and reuse steps
   memory    peak memory and step time of each memory mode at 832x480x49 (`bench_memory_modes.measure`)
   compile   opt-in on the GPU (`--sections ... compile`; the smoke run includes it): our exact mode with
-            compiled blocks (`pipeline.compile`), compile time in the note
+            compiled blocks (`pipeline.compile`), and "compile+cudagraphs" (the same in inductor's
+            reduce-overhead mode: CUDA graphs; GPU only, a "not run" row on CPU), compile time in the note
 Per step: "ms/step" is the mean interval between step-end callbacks (after a CUDA synchronize) over steps 2..S of
 one timed call, S = 1 + whole periods of the mode's encoder-reuse pattern. On random weights the adaptive and
 calibrated rules' encoder counts mean nothing; quality is measured on CPU (`bench_speed.py`).
@@ -54,15 +59,12 @@ from _common import (
     MODES,
     StepMarks,
     attention_backend,
-    encoder_fraction,
+    call_shares,
     fmt_ms,
     mode_options,
     period,
     versions,
 )
-from bench_memory_modes import MODES as MEMORY_MODES
-from bench_memory_modes import measure as measure_memory_mode
-from bench_memory_modes import text_encoder
 from bench_pipeline import GPU_TEXT, random_official_transformer, reference_transformer, text_embeddings
 from bench_transformer import make_inputs
 from bench_tread import build as build_training_model
@@ -73,18 +75,20 @@ from motif_video.core.release import read_defaults, read_index, small_model_dir
 from motif_video.models.attention import available_backends
 from motif_video.pipeline import MotifVideoPipeline
 from motif_video.pipeline.compile import compile_blocks, uncompile_blocks
-from motif_video.pipeline.tiny import build_guider, build_tiny_components, build_vae
+from motif_video.pipeline.tiny import build_guider, build_vae
 from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
+from suite_memory import memory
+from suite_precision import precision
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_S = {"parity": 15, "step": 95, "training": 30, "pytest": 60, "step-720": 135, "memory": 55}  # sum 390
+BUDGET_S = {"parity": 15, "step": 90, "precision": 40, "training": 30, "pytest": 40, "step-720": 125}
+BUDGET_S["memory"] = 50  # sum 390
 BUDGET_S["compile"] = 120  # opt-in on the GPU (`--sections ... compile`): inductor's compile time there is unknown
 DEFAULT_SECTIONS = tuple(name for name in BUDGET_S if name != "compile")
-MEMORY_ORDER = ("all-on-device", "model-cpu-offload", "block-offload", "fp8+block-offload", "fp8")
-MEMORY_ORDER += ("text-encoder-on-cpu", "vae-tiling")  # most wanted first: the budget may cut the last
 FULL = dict(preset="motif-video-2b", dtype=torch.bfloat16, sizes=((832, 480, 49), (1280, 736, 121)), route=(2, 24, 0.5))
 FULL["scale"] = 22.0  # a 720p step over a 480p one (diffusers' forward: 11,250 / 515 ms), to skip what cannot fit
 SMOKE = dict(preset="tiny", dtype=torch.float32, sizes=((32, 32, 9), (48, 32, 9)), route=(1, 5, 0.5), scale=2.0)
+COMPILE_CASES = ("compile", "compile+cudagraphs")
 COMPILE_S = 150.0  # a guess at compiling the blocks with inductor (dynamic shapes) on the GPU, to skip what cannot fit
 
 
@@ -204,10 +208,14 @@ def steps_section(
             step_ms(s, pipe, args[name], 2)
     exact_ms = None
     for mode in (["diffusers"] if ref_ms is None else []) + modes:
-        every = 1 if mode in ("diffusers", "sage", "compile") else period(mode)
+        compiling = mode in COMPILE_CASES
+        if mode == "compile+cudagraphs" and s.device.type != "cuda":
+            s.add(label, mode, "-", "-", "-", "not run: CUDA graphs need a CUDA device")
+            continue
+        every = 1 if mode in ("diffusers", "sage") or compiling else period(mode)
         steps = 1 + every * (-(-4 // every) if first else 1)  # whole periods: 4+ steps timed at the first size
-        extra_s = (1 if s.smoke else COMPILE_S) * (mode == "compile")
-        if estimate_ms and not s.fits(label, mode, estimate_ms * (steps + 2 * (mode == "compile")) / 1e3 + extra_s):
+        extra_s = (1 if s.smoke else COMPILE_S) * compiling
+        if estimate_ms and not s.fits(label, mode, estimate_ms * (steps + 2 * compiling) / 1e3 + extra_s):
             continue
         started = time.perf_counter()
         if mode == "diffusers":
@@ -220,27 +228,30 @@ def steps_section(
             s.add(label, mode, fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
             if mode == HEADLINE and not first and len(each) == 2:
                 derived(s, label, *each, ref_ms)
-        if mode != "compile":  # its warm-up compiles: no measure of a step
+        if not compiling:  # its warm-up compiles: no measure of a step
             estimate_ms = max(estimate_ms, (time.perf_counter() - started) * 1e3 / steps)
     return exact_ms or estimate_ms, ref_ms
 
 
 def derived(s: Suite, label: str, reuse_ms: float, refresh_ms: float, ref_ms: float | None) -> None:
     """Rows for modes too long to time here, from a reuse step and a refresh step (each branch's encoder costs
-    about the same): ms/step = reuse + (share of branch calls that run the encoder) x (refresh - reuse)."""
+    about the same; a skipped call costs nothing): ms/step = (share of branch calls that run the model) x reuse +
+    (share that run the encoder) x (refresh - reuse)."""
     for mode in DERIVED:
-        share = encoder_fraction(mode)
-        ms = reuse_ms + share * (refresh_ms - reuse_ms)
+        model, share = call_shares(mode)
+        ms = model * reuse_ms + share * (refresh_ms - reuse_ms)
         ratio = f"{ms / ref_ms:.2f}" if ref_ms else "-"
-        note = f"derived: encoder on {share:.0%} of branch calls over 50 steps"
+        note = f"derived: encoder on {share:.0%}, model on {model:.0%} of branch calls over 50 steps"
         s.add(label, f"{mode} (derived)", fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
 
 
 def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: str, steps: int) -> tuple:
     """(our ms/step in one mode, the row's note, each step's ms). "sage": SageAttention kernels; "compile":
-    regional compile (`pipeline.compile`), whose compilation happens in an untimed warm-up call."""
-    if mode == "compile":
-        compile_blocks(ours.transformer, backend="eager" if s.smoke else "inductor")  # smoke: dynamo only
+    regional compile (`pipeline.compile`), whose compilation happens in an untimed warm-up call;
+    "compile+cudagraphs": the same with CUDA graphs."""
+    if mode in COMPILE_CASES:
+        graphs = mode == "compile+cudagraphs"
+        compile_blocks(ours.transformer, backend="eager" if s.smoke else "inductor", cudagraphs=graphs)
         try:
             started = time.perf_counter()
             step_ms(s, ours, args, 2)
@@ -294,35 +305,6 @@ def pytest_gpu(s: Suite) -> None:
     s.add("pytest -m gpu", " ".join(target), result, "-", "-", f"{time.perf_counter() - started:.0f} s")
 
 
-def memory(s: Suite, ours_model: Any, size: tuple[int, int, int], official_text: bool) -> None:
-    from diffusers import AutoencoderKLWan
-
-    started = time.perf_counter()
-    base = build_tiny_components(0)
-    if not s.smoke:
-        base["transformer"] = ours_model.to("cpu")
-        base["text_encoder"], what = text_encoder(official_text, s.device, s.dtype)  # on the CPU
-        base["vae"] = AutoencoderKLWan().eval()
-    else:
-        base["transformer"].fuse_qkv_projections()
-        what = "tiny components"
-    label = f"memory {size[0]}x{size[1]}x{size[2]}"
-    s.add(label, "components", f"built in {time.perf_counter() - started:.0f} s", "-", "-", what)
-    per_mode = 0.0
-    for mode in sorted(MEMORY_MODES, key=MEMORY_ORDER.index):
-        if not s.fits(label, mode, per_mode):
-            continue
-        started = time.perf_counter()
-        r = measure_memory_mode(mode, base, s.device, size, 2, 0)
-        per_mode = max(per_mode, time.perf_counter() - started)
-        unit, scale = ("GiB", 2**30) if s.device.type == "cuda" else ("MiB RSS", 2**20)
-        if r.total_s is None:
-            s.add(label, mode, "-", "-", "-", r.note)
-            continue
-        cells = f"peak {r.peak / scale:.2f} {unit}, {fmt_ms(r.ms_per_step)}/step"
-        s.add(label, mode, cells, "-", "-", f"resident {r.resident / scale:.2f} {unit}; {r.note}".rstrip("; "))
-
-
 # ------------------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> Suite:
     cuda = torch.cuda.is_available() and not args.smoke
@@ -348,6 +330,8 @@ def run(args: argparse.Namespace) -> Suite:
     measured: dict[str, Any] = {"step": 0.0, "ref": None}
     if "step" in chosen:
         s.section("step", lambda: measured.update(zip(("step", "ref"), steps_section(s, pipes, text, small, modes, 0))))
+    if "precision" in chosen:
+        s.section("precision", lambda: precision(s, pipes[0], text, small))
     if "training" in chosen:
         s.section("training", lambda: training(s, setup["preset"], small, setup["route"]))
     if "pytest" in chosen:
@@ -357,7 +341,8 @@ def run(args: argparse.Namespace) -> Suite:
         s.section("step-720", lambda: steps_section(s, pipes, text, large, ["exact", HEADLINE], guess))
     if "compile" in chosen:
         guess, ref_ms = measured["step"] or 1e3, measured["ref"]
-        s.section("compile", lambda: steps_section(s, pipes, text, small, ["compile"], guess, ref_ms))
+        cases = list(COMPILE_CASES)
+        s.section("compile", lambda: steps_section(s, pipes, text, small, cases, guess, ref_ms))
     pipes = ref_model = None  # the memory modes build their own pipelines from CPU copies
     if "memory" in chosen:
         s.section("memory", lambda: memory(s, ours_model, small, args.text_encoder == "official"))

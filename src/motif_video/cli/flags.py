@@ -10,7 +10,8 @@ from typing import Any
 
 # A settings dataclass field becomes a flag when its metadata has "help" (`pipeline.settings.option`): named
 # --field-name (or metadata "flag"), typed and defaulted by the field; bools are switches, lists repeat, metadata
-# "choices" and "group" (mutually exclusive) pass to argparse; a nested settings dataclass adds its own flags.
+# "choices", "group" (mutually exclusive) and "const" (the flag alone means that value: nargs="?") pass to
+# argparse; a nested settings dataclass adds its own flags.
 # `skip`: field names that get no flag (a command that sets them itself).
 def add_settings_flags(
     parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any], skip: tuple[str, ...] = ()
@@ -38,6 +39,8 @@ def add_settings_flags(
             kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
         if "choices" in meta:
             kwargs["choices"] = list(meta["choices"])
+        if "const" in meta:
+            kwargs.update(nargs="?", const=meta["const"])
         target = parser
         if "group" in meta:
             if meta["group"] not in groups:

@@ -27,7 +27,10 @@ from motif_video.cli.flags import add_settings_flags, settings_from_args
 from motif_video.core.devices import check_device
 from motif_video.core.video_io import check_output
 from motif_video.env import torchrun_env
+from motif_video.models.attention import BACKENDS
+from motif_video.pipeline.compile import COMPILE_MODES
 from motif_video.pipeline.parallel_layout import ParallelLayout, check_layout, video_tokens
+from motif_video.pipeline.quantization import FP8_MODES
 from motif_video.pipeline.settings import GenerationSettings, option
 
 logger = logging.getLogger(__name__)
@@ -82,7 +85,26 @@ class GenerateSettings:
         f"memory mode, one of {', '.join(OFFLOAD_MODES)}: none = all on the GPU; model = one component on the GPU "
         "at a time; block = transformer blocks streamed from CPU (default none)",
     )
-    fp8: bool = option(False, "FP8 weight-only transformer (needs torchao)")
+    fp8: str | None = option(
+        None,
+        "FP8 transformer blocks (needs torchao): weights = weight-only storage (also --fp8 alone); dynamic / "
+        "dynamic-tensor = FP8 compute, per-row / per-tensor scales (CUDA, compute capability >= 8.9)",
+        choices=FP8_MODES,
+        const="weights",
+    )
+    attention: str | None = option(
+        None,
+        "attention kernel: sdpa (PyTorch), flash (flash-attn) or sage (SageAttention; CUDA fp16/bf16) (default: "
+        "$MOTIF_VIDEO_ATTENTION_BACKEND, else sdpa)",
+        choices=BACKENDS,
+    )
+    compile: str | None = option(
+        None,
+        "torch.compile each transformer block (--compile); --compile cudagraphs also replays them as CUDA graphs "
+        "(CUDA only; pays when shapes are static)",
+        choices=COMPILE_MODES,
+        const="blocks",
+    )
     vae_tiling: bool = option(False, "decode the VAE in tiles (lower peak memory)")
     text_encoder_on_cpu: bool = option(False, "keep the text encoder on the CPU", flag="--text-encoder-cpu")
     dtype: str = option("auto", "float32, bfloat16 or float16 (default auto: bf16 on GPU, fp32 on CPU)")
@@ -94,6 +116,10 @@ class GenerateSettings:
         "fsdp=1 also shards the transformer weights over the context ranks",
     )
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fp8, bool):  # the API's old `fp8=True` (weight-only) keeps working
+            self.fp8 = "weights" if self.fp8 else None
 
     def validate(self) -> None:
         """Every check that needs no model load; raises ValueError (TypeError for a wrong type) with what to change:
@@ -140,7 +166,34 @@ class GenerateSettings:
         check_device(self.device)
         if self.offload != "none" and self.resolved_device().type != "cuda":
             raise ValueError(f"--offload {self.offload} moves weights between CPU and GPU: it needs --device cuda")
+        self._check_fast_modes()
         self._check_model_and_memory()
+
+    def _check_fast_modes(self) -> None:
+        """--fp8, --attention and --compile against this environment, before any model load."""
+        from motif_video.models.attention import available_backends
+        from motif_video.pipeline.compile import compile_problem
+        from motif_video.pipeline.quantization import fp8_problem
+
+        device = self.resolved_device()
+        if self.fp8 is not None:
+            problem = fp8_problem(self.fp8, device)
+            if problem is not None:
+                raise ValueError(problem)
+            if self.fp8 != "weights" and self.offload != "none":
+                raise ValueError(f"--fp8 {self.fp8} keeps the transformer on the GPU: use --offload none")
+        if self.attention is not None:
+            if self.attention not in BACKENDS:
+                raise ValueError(f"unknown --attention {self.attention!r}: choose one of {', '.join(BACKENDS)}")
+            if self.attention not in available_backends():
+                package = {"flash": "flash-attn", "sage": "sageattention"}[self.attention]
+                raise ValueError(f"--attention {self.attention} needs `pip install {package}`, or use sdpa")
+            if self.attention != "sdpa" and (device.type != "cuda" or self.resolved_dtype() == torch.float32):
+                raise ValueError(f"--attention {self.attention} runs on CUDA in bf16/fp16 only: use sdpa here")
+        if self.compile is not None:
+            problem = compile_problem(self.compile, device)
+            if problem is not None:
+                raise ValueError(problem)
 
     def _check_model_and_memory(self) -> None:
         """A local release's files and configs (`core.release.check_release`), then the memory the size needs."""
@@ -243,7 +296,11 @@ def build_pipeline(settings: GenerateSettings) -> Any:
         pipe.source = source
     if settings.sampler != "euler":
         pipe.scheduler = _sampler(settings.sampler, pipe.scheduler)
-    if settings.fp8:
+    if settings.attention is not None:
+        from motif_video.models.attention import set_attention_backend
+
+        set_attention_backend(settings.attention)  # process-wide: every pipeline of this process
+    if settings.fp8 == "weights":
         pipe.enable_fp8()
     if settings.vae_tiling:
         pipe.enable_vae_tiling()
@@ -255,6 +312,12 @@ def build_pipeline(settings: GenerateSettings) -> Any:
         pipe.enable_block_offload(device)
     else:
         pipe.to(device)
+    if settings.fp8 not in (None, "weights"):
+        pipe.enable_fp8(settings.fp8)  # FP8 compute quantizes on the GPU
+    if settings.compile is not None:
+        from motif_video.pipeline.compile import compile_blocks
+
+        compile_blocks(pipe.transformer, cudagraphs=settings.compile == "cudagraphs")
     return pipe
 
 

@@ -89,11 +89,13 @@ class MemoryModes:
         self._block_offload = enable_block_offload(self.transformer, device, prefetch=prefetch)
         self._device = torch.device(device)
 
-    def enable_fp8(self) -> None:
-        """FP8 weight-only transformer (torchao); roughly halves its weight memory versus bf16."""
-        from motif_video.pipeline.quantization import quantize_fp8_weight_only
+    def enable_fp8(self, mode: str = "weights") -> None:
+        """FP8 transformer blocks (torchao): "weights" (weight-only: roughly halves their memory versus bf16),
+        "dynamic" or "dynamic-tensor" (FP8 compute on a GPU of compute capability >= 8.9: call after moving the
+        pipeline there). `quantization.FP8_MODES`."""
+        from motif_video.pipeline.quantization import quantize_fp8
 
-        quantize_fp8_weight_only(self.transformer)
+        quantize_fp8(self.transformer, mode)
 
     def enable_vae_tiling(self) -> None:
         """Decode in overlapping spatial tiles (diffusers' Wan VAE tiling): lower peak memory."""

@@ -55,7 +55,8 @@ class GenerationSettings:
         None,
         "step reuse (a fast mode, off by default): ddt:N runs the encoder every N steps; adaptive:T or calibrated:T "
         "when its input, or its output as calibrated on the model, has moved by T; ',uncond=K' reuses the "
-        "unconditional branch K times longer (quality cost per mode: docs/performance.md)",
+        "unconditional branch K times longer; ',skip=S' runs the whole model on one step in S (',order=1' "
+        "extrapolates the velocity between) (quality cost per mode: docs/performance.md)",
     )
     split_encoder: bool = option(
         False, "run the encoder per guidance branch without a text key mask (same numbers up to rounding)"

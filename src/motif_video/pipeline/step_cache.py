@@ -18,9 +18,18 @@ Rules, as a string (`StepCache.parse`; `pipe(..., cache=...)`, `--cache`):
   stored with the model as `GenerationDefaults.step_cache`), predicted from where t is and how far it moved: the
   two branches' outputs can move at very different rates, which no input-side signal sees (docs/performance.md).
 - options after a comma: "uncond=K" (guidance-aware: the unconditional branch uses K times the interval or
-  threshold, so it is reused more), "warmup=W" (the first W calls of each branch always run the encoder;
-  default 1, which the first call needs anyway).
-A branch whose text changed (a step-end callback edited it) runs the encoder again.
+  threshold, so it is reused more), "warmup=W" (the first W calls of each branch always run the encoder, and
+  the model; default 1, which the first call needs anyway).
+- whole-step reuse, which also saves the decoder: "skip=S" runs the model (decoder, and the encoder where its
+  rule says so) on one call in S of each branch and answers the others with that branch's last velocity
+  ("order=0", the default) or its linear extrapolation in t from the last two computed velocities ("order=1",
+  TaylorSeer-style). The encoder rule counts only the calls that ran the model. Encoder reuse caps at about
+  1.9x at 720p (the decoder is ~half a forward); skipping whole steps is what goes past it. A call skips only
+  when every branch in it may; "skip=1" (the default) is no whole-step reuse and exactly the frames without it.
+  "steady=C" places the skips where this model is steady: a call may skip only while its branch's calibrated
+  change (the curve of "calibrated:T", integrated over t since the model last ran) stays below C, so the first
+  steps (where the unconditional branch moves 30-60% per step) and the last ones (4-13%) always run the model.
+A branch whose text changed (a step-end callback edited it) runs the model and the encoder again.
 
 `split=True` (`pipe(..., split_encoder=True)`, with or without a rule) runs the encoder once per group of videos
 whose text has the same length (the [cond; uncond] halves of one prompt's guidance batch), each group with its
@@ -40,6 +49,8 @@ import torch
 from motif_video.pipeline.sampler import Condition
 
 CACHE_RULES = ("off", "ddt", "adaptive", "calibrated")
+_OPTIONS = ("uncond", "warmup", "skip", "order", "steady")
+_REAL_OPTIONS = ("uncond", "steady")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,9 @@ class StepCache:
     value: float = 1.0
     uncond: float = 1.0
     warmup: int = 1
+    skip: int = 1  # whole-step reuse: the model runs on one call in `skip` of a branch
+    order: int = 0  # a skipped call's velocity: 0 the last one, 1 extrapolated linearly in t from the last two
+    steady: float = 0.0  # > 0: skip only while the calibrated change since the model last ran is below this
 
     def __post_init__(self) -> None:
         if self.rule not in CACHE_RULES:
@@ -61,6 +75,11 @@ class StepCache:
             raise ValueError(f"{self.rule}:T needs a threshold T >= 0, got {self.value:g}")
         if self.uncond < 1 or self.warmup < 1:
             raise ValueError(f"uncond must be >= 1 and warmup >= 1, got {self.uncond:g} and {self.warmup}")
+        if self.skip < 1 or self.order not in (0, 1) or self.steady < 0:
+            raise ValueError(
+                f"skip must be >= 1, order 0 or 1 and steady >= 0, got skip={self.skip}, order={self.order}, "
+                f"steady={self.steady:g}"
+            )
 
     @classmethod
     def parse(cls, text: str | StepCache | None) -> StepCache | None:
@@ -73,14 +92,17 @@ class StepCache:
             return None
         if rule not in CACHE_RULES[1:] or not value:
             raise ValueError(
-                f"cache must be off, ddt:N, adaptive:T or calibrated:T (options ,uncond=K ,warmup=W), got {text!r}"
+                f"cache must be off, ddt:N, adaptive:T or calibrated:T (options ,uncond=K ,warmup=W ,skip=S "
+                f",order=0|1 ,steady=C), got {text!r}"
             )
         extra: dict[str, Any] = {}
         for option in options:
             name, _, number = option.partition("=")
-            if name not in ("uncond", "warmup") or not number:
-                raise ValueError(f"unknown cache option {option!r} in {text!r}: use uncond=K or warmup=W")
-            extra[name] = int(number) if name == "warmup" else float(number)
+            if name not in _OPTIONS or not number:
+                raise ValueError(f"unknown cache option {option!r} in {text!r}: use {', '.join(_OPTIONS)}")
+            if name not in _REAL_OPTIONS and not number.isdigit():
+                raise ValueError(f"cache option {name} takes a whole number, got {option!r} in {text!r}")
+            extra[name] = float(number) if name in _REAL_OPTIONS else int(number)
         try:
             return cls(rule, float(value), **extra)
         except (TypeError, ValueError) as error:
@@ -90,6 +112,8 @@ class StepCache:
         extra = (f",uncond={self.uncond:g}" if self.uncond != 1 else "") + (
             f",warmup={self.warmup}" if self.warmup != 1 else ""
         )
+        extra += (f",skip={self.skip}" if self.skip != 1 else "") + (f",order={self.order}" if self.order else "")
+        extra += f",steady={self.steady:g}" if self.steady else ""
         return f"{self.rule}:{self.value:g}{extra}"
 
     def limit(self, branch: str) -> float:
@@ -99,13 +123,15 @@ class StepCache:
 @dataclass
 class EncoderCall:
     """One branch of one model call: `rows` videos, `text_len` text tokens the model saw (after trimming),
-    `image_len` image tokens, `encoder`: whether the encoder ran (else its output was reused)."""
+    `image_len` image tokens, `encoder`: whether the encoder ran (else its output was reused), `model`: whether
+    the model ran at all (else the whole step's velocity was reused: no transformer FLOPs)."""
 
     branch: str
     rows: int
     text_len: int
     image_len: int
     encoder: bool
+    model: bool = True
 
 
 @dataclass
@@ -117,6 +143,16 @@ class _Branch:
     change: float = 0.0  # summed relative change since the encoder last ran
     calls: int = 0
     since: int = 0  # calls since the encoder last ran
+    velocities: list[tuple[float, torch.Tensor]] = field(default_factory=list)  # last two (t, (b, 16, F', h, w))
+    idle: int = 0  # calls answered without the model since it last ran
+
+    def predict(self, t: float, order: int) -> torch.Tensor:
+        """A skipped call's velocity at time t: the last one, or its linear extrapolation (order 1)."""
+        t1, v1 = self.velocities[-1]
+        if order == 0 or len(self.velocities) < 2 or self.velocities[0][0] == t1:
+            return v1
+        t0, v0 = self.velocities[0]
+        return (v1.float() + (v1.float() - v0.float()) * ((t - t1) / (t1 - t0))).to(v1.dtype)
 
 
 @dataclass
@@ -135,13 +171,17 @@ class EncoderReuse:
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, condition: Condition) -> torch.Tensor:
         model = self.transformer
-        x = torch.cat([latents.to(self.dtype), condition.channels], dim=1)  # (B, 33, F', h, w)
-        emb = model.embed(x, t, condition.text, condition.mask, condition.image)  # patches (B, N, D)
-        b = x.shape[0]
+        b = latents.shape[0]
         parts = (("cond", slice(0, b // 2)), ("uncond", slice(b // 2, b)))
         parts = parts if condition.branch == "joint" else ((condition.branch, slice(0, b)),)
-        signal = self._signal(emb) if self.rule.rule == "adaptive" else None  # (B, N, D)
         now = float(t.reshape(-1)[0])
+        if self.rule.skip > 1:
+            skipped = self._skip(parts, condition.text, now)
+            if skipped is not None:
+                return skipped  # (B, 16, F', h, w) without running the model
+        x = torch.cat([latents.to(self.dtype), condition.channels], dim=1)  # (B, 33, F', h, w)
+        emb = model.embed(x, t, condition.text, condition.mask, condition.image)  # patches (B, N, D)
+        signal = self._signal(emb) if self.rule.rule == "adaptive" else None  # (B, N, D)
         refresh = {name: self._decide(name, rows, condition.text, signal, now) for name, rows in parts}
         if all(refresh.values()) and not self.split:
             video = model.encode(emb).video  # (B, N, D): exactly the plain forward's encoder pass
@@ -156,7 +196,32 @@ class EncoderReuse:
                     self._record(name, rows.stop - rows.start, emb, False)
             video = torch.cat([self._state[name].encoded for name, _ in parts])  # (B, N, D)
         decoded = model.decode(emb, video).video  # (B, N, D)
-        return model.head(decoded, emb)  # (B, 16, F', h, w)
+        velocity = model.head(decoded, emb)  # (B, 16, F', h, w)
+        if self.rule.skip > 1:
+            for name, rows in parts:
+                state = self._state[name]
+                state.velocities = [*state.velocities[-1:], (now, velocity[rows].clone())]
+                state.idle = 0
+        return velocity
+
+    def _skip(self, parts: tuple, text: torch.Tensor, t: float) -> torch.Tensor | None:
+        """Whole-step reuse: every branch's predicted velocity (B, 16, F', h, w) when each may skip this call (it
+        ran the model within the last `skip` calls, past its warm-up, with this text and batch), else None."""
+        states = [self._state.get(name) for name, _ in parts]
+        for state, (name, rows) in zip(states, parts):
+            if state is None or not state.velocities or state.text is not text or state.calls < self.rule.warmup:
+                return None
+            if state.idle >= self.rule.skip - 1 or state.velocities[-1][1].shape[0] != rows.stop - rows.start:
+                return None
+            if self.rule.steady:
+                t_model = state.velocities[-1][0]
+                change = _rate(self.curve, name, (t_model + t) / 2) * abs(t_model - t) / 1000
+                if change >= self.rule.steady:
+                    return None
+        for state, (name, rows) in zip(states, parts):
+            state.idle += 1
+            self.calls.append(EncoderCall(name, rows.stop - rows.start, 0, 0, encoder=False, model=False))
+        return torch.cat([state.predict(t, self.rule.order) for state in states])
 
     def _encode(self, name: str, emb: Any) -> torch.Tensor:
         """The encoder over a sub-batch (b, N, D); split: per group of rows with the same text length, so that
@@ -203,16 +268,20 @@ class EncoderReuse:
         return False
 
     def __post_init__(self) -> None:
-        if self.rule.rule == "calibrated" and not self.curve:
-            raise ValueError("cache 'calibrated:T' needs the model's calibration (GenerationDefaults.step_cache)")
+        if (self.rule.rule == "calibrated" or self.rule.steady) and not self.curve:
+            raise ValueError(f"cache {str(self.rule)!r} needs the model's calibration (GenerationDefaults.step_cache)")
 
     def summary(self) -> dict[str, Any]:
         """For the run record: the rule, and per branch how many calls ran the encoder."""
         out: dict[str, Any] = {"rule": str(self.rule) + (", split encoder" if self.split else "")}
         for call in self.calls:
-            ran, total = out.get(call.branch, (0, 0))
-            out[call.branch] = (ran + call.encoder, total + 1)
-        return {k: (f"encoder on {v[0]} of {v[1]} calls" if isinstance(v, tuple) else v) for k, v in out.items()}
+            ran, whole, total = out.get(call.branch, (0, 0, 0))
+            out[call.branch] = (ran + call.encoder, whole + call.model, total + 1)
+        for name, value in out.items():
+            if isinstance(value, tuple):
+                model = f", model on {value[1]}" if self.rule.skip > 1 else ""
+                out[name] = f"encoder on {value[0]}{model} of {value[2]} calls"
+        return out
 
 
 def _rate(curve: dict[str, list[float]], branch: str, t: float) -> float:

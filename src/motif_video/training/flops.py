@@ -293,10 +293,13 @@ def sampling_flops(
 ) -> FlopCount:
     """FLOPs of a denoising run with step reuse: `calls` lists each branch of each model call as an object with
     `rows`, `text_len`, `image_len` and `encoder` (False: the encoder's output was reused, so only the embedders,
-    the DDT decoder and the head ran), as `pipeline.step_cache.EncoderCall` records them."""
+    the DDT decoder and the head ran) and optionally `model` (False: the whole step's velocity was reused, no
+    FLOPs), as `pipeline.step_cache.EncoderCall` records them."""
     grid = dict(latent_frames=latent_frames, latent_height=latent_height, latent_width=latent_width)
     total = FlopCount()
     for call in calls:
+        if not getattr(call, "model", True):
+            continue
         fwd = forward_flops(config, batch=call.rows, **grid, text_len=call.text_len, image_len=call.image_len)
         kinds = KINDS if call.encoder else tuple(k for k in KINDS if k not in ENCODER_KINDS)
         total = total + fwd.only(kinds)
