@@ -236,8 +236,7 @@ class GenerateSettings:
             return  # cp=1,cfg=1 in one process: the plain path
         tokens = video_tokens(*size, (config.patch_size, config.patch_size_t or 1))
         guided = False if self.generation.guidance == "none" else None  # else known once the guider is loaded
-        cache = self.generation.cache
-        check_layout(layout, world, heads=config.num_attention_heads, tokens=tokens, guided=guided, cache=cache)
+        check_layout(layout, world, heads=config.num_attention_heads, tokens=tokens, guided=guided)
         if self.device.startswith("cuda:"):
             raise ValueError("under torchrun each process takes cuda:LOCAL_RANK: pass --device cuda (or auto)")
 

@@ -16,8 +16,7 @@ A mixin of `MotifVideoPipeline`; every rank holds the whole pipeline and makes t
 - Output: only rank 0 decodes; the others return `frames=None` (or the latents for `output_type="latent"`,
   identical on every rank), draw no progress bar, and `is_main_rank` says which rank writes files.
 - Checks: `check_layout` when enabled (group size, cfg in {1, 2}, heads) and per call (video tokens; cfg = 2
-  needs a guided call with batched guidance; only the fixed `ddt:N` step reuse with cp > 1), before any
-  encoder runs.
+  needs a guided call with batched guidance), before any encoder runs.
 """
 
 from __future__ import annotations
@@ -174,16 +173,15 @@ class ParallelModes:
         return self._parallel is None or self._parallel.rank == 0
 
     # ------------------------------------------------------------- hooks of `__call__`
-    def _check_parallel_call(self, plan: Any, cache: Any) -> None:
-        """Per call, before any encoder runs: enough video tokens for the cp ranks; cfg = 2 needs guidance; a
-        step-reuse rule every rank decides alike."""
+    def _check_parallel_call(self, plan: Any) -> None:
+        """Per call, before any encoder runs: enough video tokens for the cp ranks; cfg = 2 needs guidance."""
         run = self._parallel
         if run is None:
             return
         tokens = video_tokens(plan.height, plan.width, plan.num_frames, model_patch(self.transformer))
         heads = self.transformer.config.num_attention_heads
         guided = plan.needs_uncond
-        check_layout(run.layout, run.layout.world, heads=heads, tokens=tokens, guided=guided, cache=cache)
+        check_layout(run.layout, run.layout.world, heads=heads, tokens=tokens, guided=guided)
         if run.layout.cfg == 2 and not plan.batch_guidance:
             raise ValueError("cfg=2 splits the batched [cond; uncond] forward: keep batch_guidance=True")
 

@@ -10,9 +10,9 @@
   positive integers (missing: 1), fsdp 0 or 1 (missing: 0).
 - `check_layout` refuses, with what to change: cfg outside {1, 2}; cp x cfg different from the world size;
   cfg=2 when no step runs guidance (nothing to split); more cp ranks than video tokens; a cp degree the heads do
-  not allow (`core.context_parallel.check_degree`, so the rule follows whatever that module accepts); with
-  cp > 1, the adaptive and calibrated step-reuse rules (each rank would decide on its own token shard, and ranks
-  that decide differently wait on each other for ever).
+  not allow (`core.context_parallel.check_degree`, so the rule follows whatever that module accepts). Every
+  step-reuse rule is allowed: the adaptive rule sums its signal over all ranks' tokens (`token_sum`), the others
+  decide from t alone, so the ranks of a context group always run the same blocks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from motif_video.core.context_parallel import check_degree
 from motif_video.core.latent_space import VAE_SPATIAL, VAE_TEMPORAL
-from motif_video.pipeline.step_cache import StepCache
 
 KEYS = ("cp", "cfg", "fsdp")
 
@@ -77,12 +76,10 @@ def check_layout(
     heads: int,
     tokens: int | None = None,
     guided: bool | None = None,
-    cache: str | StepCache | None = None,
 ) -> None:
     """Refuse a layout that cannot run (ValueError saying what to change). `world`: processes in the group;
     `heads`: the transformer's attention heads; `tokens`: video tokens per forward and `guided`: whether any
-    step runs guidance, each None when not known yet (checked again when the call is planned); `cache`: the
-    step-reuse rule."""
+    step runs guidance, each None when not known yet (checked again when the call is planned)."""
     if layout.cfg not in (1, 2):
         raise ValueError(
             f"cfg={layout.cfg}: guidance parallelism splits the conditional and unconditional branches, so cfg is "
@@ -109,12 +106,6 @@ def check_layout(
         raise ValueError(
             f"cp={layout.cp} ranks for a video of {tokens} tokens: each rank needs at least one; use cp <= {tokens} "
             "or a larger size"
-        )
-    rule = StepCache.parse(cache)
-    if layout.cp > 1 and rule is not None and rule.rule != "ddt":
-        raise ValueError(
-            f"cache {rule.rule}: its decision reads each rank's own token shard, so context-parallel ranks could "
-            "decide differently and wait on each other; use ddt:N (a fixed interval) with cp > 1"
         )
     if layout.cp > 1:
         check_degree(heads, layout.cp)

@@ -269,7 +269,7 @@ class MotifVideoPipeline(MemoryModes, ParallelModes):
         device, dtype = self.device, self.transformer.dtype
         footprint.check_call(self.transformer, plan.height, plan.width, plan.num_frames, plan.batch, plan.needs_uncond,
                              dtype, device)  # fmt: skip
-        self._check_parallel_call(plan, cache)
+        self._check_parallel_call(plan)
 
         # 2. encode the text, draw the noise, encode the image (the noise first, as the reference draws it); under
         # `enable_parallel` on rank 0 only, then broadcast (`_share`)

@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from motif_video.core.context_parallel import token_sum
 from motif_video.pipeline.sampler import Condition
 
 CACHE_RULES = ("off", "ddt", "adaptive", "calibrated")
@@ -182,7 +183,7 @@ class EncoderReuse:
         x = torch.cat([latents.to(self.dtype), condition.channels], dim=1)  # (B, 33, F', h, w)
         emb = model.embed(x, t, condition.text, condition.mask, condition.image)  # patches (B, N, D)
         signal = self._signal(emb) if self.rule.rule == "adaptive" else None  # (B, N, D)
-        refresh = {name: self._decide(name, rows, condition.text, signal, now) for name, rows in parts}
+        refresh = {name: self._decide(name, rows, condition.text, signal, now, emb) for name, rows in parts}
         if all(refresh.values()) and not self.split:
             video = model.encode(emb).video  # (B, N, D): exactly the plain forward's encoder pass
             for name, rows in parts:
@@ -247,7 +248,9 @@ class EncoderReuse:
         norm = first.norm1 if hasattr(first, "norm1") else first.norm
         return norm(emb.patches, emb.temb)[0].float()
 
-    def _decide(self, name: str, rows: slice, text: torch.Tensor, signal: torch.Tensor | None, t: float) -> bool:
+    def _decide(
+        self, name: str, rows: slice, text: torch.Tensor, signal: torch.Tensor | None, t: float, emb: Any
+    ) -> bool:
         state = self._state.setdefault(name, _Branch())
         if self.rule.rule == "calibrated" and state.t is not None:
             state.change += _rate(self.curve, name, (state.t + t) / 2) * abs(state.t - t) / 1000
@@ -256,7 +259,9 @@ class EncoderReuse:
         if signal is not None:
             now = signal[rows]
             if state.signal is not None and state.signal.shape == now.shape:
-                state.change += float((now - state.signal).abs().mean() / state.signal.abs().mean().clamp_min(1e-12))
+                # sums over the whole sequence: on a context-parallel transformer every rank takes the same decision
+                moved = token_sum(self.transformer, emb, (now - state.signal).abs())
+                state.change += float(moved / token_sum(self.transformer, emb, state.signal.abs()).clamp_min(1e-12))
             state.signal = now
         state.calls += 1
         state.since += 1
