@@ -85,11 +85,19 @@ def measure(
     device: torch.device, dtype: torch.dtype, preset: str, size: tuple[int, int, int], steps: int, repeats: int
 ) -> list[Row]:
     """ms/step of each variant (`VARIANTS`) at `size` = (width, height, frames), and its overhead over plain."""
+    pipe = _pipeline(preset, device, dtype)
+    text = text_embeddings(pipe.transformer.config.text_embed_dim, device, dtype, seed=1)["ours"]
+    return measure_pipeline(pipe, text, size, steps, repeats)
+
+
+def measure_pipeline(
+    pipe: MotifVideoPipeline, text: dict[str, Any], size: tuple[int, int, int], steps: int, repeats: int
+) -> list[Row]:
+    """`measure` on a given pipeline (the GPU suite's) with given prompt embeddings (`text_embeddings(...)["ours"]`)."""
+    device = pipe.device
     started = _start_world_of_one(device)
     try:
-        pipe = _pipeline(preset, device, dtype)
         width, height, frames = size
-        text = text_embeddings(pipe.transformer.config.text_embed_dim, device, dtype, seed=1)["ours"]
         noise = torch.randn(
             1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, generator=torch.Generator().manual_seed(0)
         )
@@ -100,9 +108,11 @@ def measure(
             for name in VARIANTS:
                 _variant(pipe, name, on=True)
                 marks = StepMarks(sync)
-                with torch.inference_mode():
-                    pipe(**args, latents=noise.to(device), num_inference_steps=steps, callback_on_step_end=marks)
-                _variant(pipe, name, on=False)
+                try:
+                    with torch.inference_mode():
+                        pipe(**args, latents=noise.to(device), num_inference_steps=steps, callback_on_step_end=marks)
+                finally:
+                    _variant(pipe, name, on=False)
                 if call:
                     times[name].append(marks.mean_ms())
         plain = statistics.median(times["plain"])

@@ -26,6 +26,8 @@ not fit what is left of its section or of the run is skipped with the reason:
   pytest    `pytest -m gpu`
   step-720  1280x736x121: diffusers, our exact mode and the headline fast mode (`_common.HEADLINE`), and the
             modes of `_common.DERIVED` estimated from its refresh and reuse steps
+  parallel  the parallel code path at degree 1 against the plain one at 832x480x49 (`bench_parallel`: a process
+            group of one; `--parallel cp=1,cfg=1` and the context-parallel transformer at P=1)
   memory    peak memory and step time of each memory mode at 832x480x49 (`bench_memory_modes.measure`)
   compile   opt-in on the GPU (`--sections ... compile`; the smoke run includes it): our exact mode with
             compiled blocks (`pipeline.compile`), and "compile+cudagraphs" (the same in inductor's
@@ -65,6 +67,8 @@ from _common import (
     period,
     versions,
 )
+from bench_parallel import VARIANTS as PARALLEL_VARIANTS
+from bench_parallel import measure_pipeline as measure_parallel
 from bench_pipeline import GPU_TEXT, random_official_transformer, reference_transformer, text_embeddings
 from bench_transformer import make_inputs
 from bench_tread import build as build_training_model
@@ -81,8 +85,8 @@ from suite_memory import memory
 from suite_precision import precision
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_S = {"parity": 15, "step": 90, "precision": 40, "training": 30, "pytest": 40, "step-720": 125}
-BUDGET_S["memory"] = 50  # sum 390
+BUDGET_S = {"parity": 15, "step": 85, "precision": 40, "training": 30, "pytest": 40, "step-720": 115}
+BUDGET_S |= {"parallel": 20, "memory": 45}  # sum 390
 BUDGET_S["compile"] = 120  # opt-in on the GPU (`--sections ... compile`): inductor's compile time there is unknown
 DEFAULT_SECTIONS = tuple(name for name in BUDGET_S if name != "compile")
 FULL = dict(preset="motif-video-2b", dtype=torch.bfloat16, sizes=((832, 480, 49), (1280, 736, 121)), route=(2, 24, 0.5))
@@ -294,6 +298,17 @@ def training(s: Suite, preset: str, size: tuple[int, int, int], route: tuple[int
     del model
 
 
+def parallel(s: Suite, ours: MotifVideoPipeline, text: dict, size: tuple[int, int, int], step_ms: float) -> None:
+    """The parallel code path at degree 1 against the plain path (`bench_parallel`, a process group of one)."""
+    steps, repeats = 2, 1
+    if not s.fits("parallel", "degree 1", (step_ms or 1e3) * len(PARALLEL_VARIANTS) * (repeats + 1) * steps / 1e3):
+        return
+    width, height, frames = size
+    for row in measure_parallel(ours, text["ours"], size, steps, repeats):
+        s.add(f"parallel {width}x{height}x{frames}", row.variant, fmt_ms(row.ms_per_step), "-", "-",
+              f"{row.overhead_pct:+.1f}% over plain")  # fmt: skip
+
+
 def pytest_gpu(s: Suite) -> None:
     marked = [p for p in sorted((ROOT / "tests").glob("test_*.py")) if "mark.gpu" in p.read_text(encoding="utf-8")]
     target = [p.relative_to(ROOT).as_posix() for p in marked]  # only these: the others may need the lab or tensorboard
@@ -339,6 +354,8 @@ def run(args: argparse.Namespace) -> Suite:
     if "step-720" in chosen:
         guess = (measured["step"] or 1e3) * setup["scale"]  # from this run's 480p step, else a 1 s guess
         s.section("step-720", lambda: steps_section(s, pipes, text, large, ["exact", HEADLINE], guess))
+    if "parallel" in chosen:
+        s.section("parallel", lambda: parallel(s, pipes[0], text, small, measured["step"]))
     if "compile" in chosen:
         guess, ref_ms = measured["step"] or 1e3, measured["ref"]
         cases = list(COMPILE_CASES)
