@@ -15,8 +15,6 @@ Modes (`FP8_MODES`; `pipe.enable_fp8(mode)`, `--fp8 MODE`):
   mask; it is not wired in. SageAttention (`--attention sage`, 8-bit QK) is the low-precision attention here.
 
 Weight-only design:
-
-Design:
 - Only the `nn.Linear` layers inside the blocks (`model.blocks`) are quantized; they hold nearly all the
   weights. Embedders, norms, `norm_out`/`proj_out` and RoPE keep their dtype: small and precision-sensitive.
 - Weights are stored as float8 e4m3 with one scale per output row (torchao `Float8WeightOnlyConfig`, per-row
