@@ -19,6 +19,7 @@ from PIL import Image
 
 import motif_video
 from model_helpers import free_port
+from motif_video.pipeline.guidance import GuidanceConfig
 from motif_video.pipeline.parallel import PeerFailed
 from motif_video.pipeline.parallel_layout import ParallelLayout, check_layout, video_tokens
 from motif_video.pipeline.pipeline import GenerationDefaults, MotifVideoPipeline
@@ -28,8 +29,9 @@ SIZE = dict(height=32, width=32, num_frames=5, num_inference_steps=2)  # 2 x 2 x
 PROMPT = "a red dog runs on the beach at sunset"
 
 # name -> (cp, cfg, call options); each world size runs its cases in one launch
+WINDOW = GuidanceConfig(method="cfg", scale=5.0, start=0.25, stop=0.5)
 FSDP_CASES = {  # on a fresh pipeline (fsdp=1 is not undone): cp, cfg, call options
-    2: (2, 1, {"i2v": True}),
+    2: (2, 1, {"i2v": True, "cache": "adaptive:0.2", "num_inference_steps": 4}),  # its signal reads block 0
     4: (2, 2, {"i2v": True, "cache": "ddt:2"}),
 }
 CASES = {
@@ -39,6 +41,9 @@ CASES = {
         "i2v_cp2_frames": (2, 1, {"i2v": True, "output_type": "np"}),
         # the adaptive rule's decision is summed over both ranks' tokens: the same encoder runs as one process
         "t2v_cp2_adaptive": (2, 1, {"cache": "adaptive:0.2", "num_inference_steps": 6}),
+        # steps outside the guidance window run on one guidance rank (the other's reuse state stays as one
+        # process keeps it), and the halves of a joint call decide a whole-step skip together
+        "t2v_cfg2_window_reuse": (1, 2, {"guidance": WINDOW, "cache": "ddt:3,skip=2", "num_inference_steps": 8}),
     },
     4: {
         "t2v_cp2xcfg2": (2, 2, {}),
@@ -126,8 +131,12 @@ def test_parallel_pipeline_matches_one_process(tmp_path, world_size):
         error = (got - expected).abs().max().item()
         print(f"{name} on {world_size} ranks: max abs diff {error:.2e}")
         assert error <= 1e-5, name
-        if cfg == 1:  # (with cfg=2 each rank's record holds its own branch only)
-            assert ranks[0]["results"]["reuse_" + name] == pipe.last_call.get("cache"), name  # same encoder runs
+        reuse = pipe.last_call.get("cache")  # the same encoder (and whole-step) runs as one process
+        if cfg == 1:
+            assert ranks[0]["results"]["reuse_" + name] == reuse, name
+        elif reuse is not None:  # with cfg=2 each rank's record holds its own branch only
+            assert ranks[0]["results"]["reuse_" + name]["cond"] == reuse["cond"], name
+            assert ranks[cp]["results"]["reuse_" + name]["uncond"] == reuse["uncond"], name
         assert ranks[0]["results"]["record_" + name] == dict(cp=cp, cfg=cfg, world=cp * cfg, fsdp=0)
         for other in ranks[1:]:
             if options.get("output_type") == "np":

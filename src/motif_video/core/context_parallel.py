@@ -275,22 +275,22 @@ def enable_context_parallel(
     return model
 
 
-def token_sum(model: nn.Module, emb: Embedded, x: torch.Tensor) -> torch.Tensor:
-    """The sum of `x` (b, n, ...) over the real video tokens of the whole sequence: a 0-d fp32 tensor, the same on
-    every rank. On a context-parallel model `x` holds this rank's token shard: its padding rows are left out and
-    the partial sums are all-reduced over the group, so a decision taken from it (step reuse's adaptive rule)
-    is the one a single process takes, and no rank runs the encoder's collectives alone. Otherwise `x.sum()`."""
-    total = x.float().sum()
+def token_sums(model: nn.Module, emb: Embedded, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The sums of each x (b, n, ...) of `xs` over the real video tokens of the whole sequence: (len(xs),) fp32,
+    the same on every rank. On a context-parallel model each x holds this rank's token shard: its padding rows
+    are left out and the partial sums are all-reduced over the group (one all-reduce), so a decision taken from
+    them (step reuse's adaptive rule) is the one a single process takes up to the order of summation, and no
+    rank runs the encoder's collectives alone. Otherwise the plain sums."""
     parallel = getattr(model, "_context_parallel", None)
     if parallel is None:
-        return total
-    group, size = parallel
+        return torch.stack([x.float().sum() for x in xs])
+    group, _ = parallel
     f, h, w = emb.grid
-    n, start = x.shape[1], dist.get_rank(group) * x.shape[1]
-    real = max(0, min(n, f * h * w - start))  # this rank's tokens that are not padding
-    total = x[:, :real].float().sum().reshape(1)
-    dist.all_reduce(total, group=group)
-    return total[0]
+    n = xs[0].shape[1]
+    real = max(0, min(n, f * h * w - dist.get_rank(group) * n))  # this rank's tokens that are not padding
+    totals = torch.stack([x[:, :real].float().sum() for x in xs])
+    dist.all_reduce(totals, group=group)
+    return totals
 
 
 def disable_context_parallel(model: nn.Module) -> nn.Module:

@@ -11,7 +11,7 @@
 - `check_layout` refuses, with what to change: cfg outside {1, 2}; cp x cfg different from the world size;
   cfg=2 when no step runs guidance (nothing to split); more cp ranks than video tokens; a cp degree the heads do
   not allow (`core.context_parallel.check_degree`, so the rule follows whatever that module accepts). Every
-  step-reuse rule is allowed: the adaptive rule sums its signal over all ranks' tokens (`token_sum`), the others
+  step-reuse rule is allowed: the adaptive rule sums its signal over all ranks' tokens (`token_sums`), the others
   decide from t alone, so the ranks of a context group always run the same blocks.
 """
 

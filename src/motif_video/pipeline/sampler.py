@@ -29,6 +29,7 @@ class Condition:
     channels: torch.Tensor  # (B, 17, F', h, w) I2V condition channels (zeros for T2V), in the model's dtype
     image: torch.Tensor | None = None  # (B, N, D) SigLIP tokens of the first frame (I2V), or None
     branch: str = "cond"  # "cond", "uncond", or "joint" ([cond; uncond] halves): what step reuse keys on
+    peers: Any = None  # guidance parallelism: the process group holding the other half of this joint call
 
     def with_text(self, text: torch.Tensor) -> Condition:
         return replace(self, text=text)

@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from motif_video.core.context_parallel import token_sum
+from motif_video.core.context_parallel import token_sums
 from motif_video.pipeline.sampler import Condition
 
 CACHE_RULES = ("off", "ddt", "adaptive", "calibrated")
@@ -177,7 +178,7 @@ class EncoderReuse:
         parts = parts if condition.branch == "joint" else ((condition.branch, slice(0, b)),)
         now = float(t.reshape(-1)[0])
         if self.rule.skip > 1:
-            skipped = self._skip(parts, condition.text, now)
+            skipped = self._skip(parts, condition, now, latents.device)
             if skipped is not None:
                 return skipped  # (B, 16, F', h, w) without running the model
         x = torch.cat([latents.to(self.dtype), condition.channels], dim=1)  # (B, 33, F', h, w)
@@ -205,24 +206,34 @@ class EncoderReuse:
                 state.idle = 0
         return velocity
 
-    def _skip(self, parts: tuple, text: torch.Tensor, t: float) -> torch.Tensor | None:
+    def _skip(self, parts: tuple, condition: Condition, t: float, device: torch.device) -> torch.Tensor | None:
         """Whole-step reuse: every branch's predicted velocity (B, 16, F', h, w) when each may skip this call (it
-        ran the model within the last `skip` calls, past its warm-up, with this text and batch), else None."""
+        ran the model within the last `skip` calls, past its warm-up, with this text and batch), else None. A
+        half of a joint call under guidance parallelism (`condition.peers`) skips only when the other half may
+        too, as one process decides for the whole call."""
         states = [self._state.get(name) for name, _ in parts]
-        for state, (name, rows) in zip(states, parts):
-            if state is None or not state.velocities or state.text is not text or state.calls < self.rule.warmup:
-                return None
-            if state.idle >= self.rule.skip - 1 or state.velocities[-1][1].shape[0] != rows.stop - rows.start:
-                return None
-            if self.rule.steady:
-                t_model = state.velocities[-1][0]
-                change = _rate(self.curve, name, (t_model + t) / 2) * abs(t_model - t) / 1000
-                if change >= self.rule.steady:
-                    return None
+        may = all(self._may_skip(state, name, rows, condition.text, t) for state, (name, rows) in zip(states, parts))
+        if condition.peers is not None:
+            flag = torch.tensor([float(may)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=condition.peers)
+            may = bool(flag.item())
+        if not may:
+            return None
         for state, (name, rows) in zip(states, parts):
             state.idle += 1
             self.calls.append(EncoderCall(name, rows.stop - rows.start, 0, 0, encoder=False, model=False))
         return torch.cat([state.predict(t, self.rule.order) for state in states])
+
+    def _may_skip(self, state: _Branch | None, name: str, rows: slice, text: torch.Tensor, t: float) -> bool:
+        if state is None or not state.velocities or state.text is not text or state.calls < self.rule.warmup:
+            return False
+        if state.idle >= self.rule.skip - 1 or state.velocities[-1][1].shape[0] != rows.stop - rows.start:
+            return False
+        if self.rule.steady:
+            t_model = state.velocities[-1][0]
+            change = _rate(self.curve, name, (t_model + t) / 2) * abs(t_model - t) / 1000
+            return change < self.rule.steady
+        return True
 
     def _encode(self, name: str, emb: Any) -> torch.Tensor:
         """The encoder over a sub-batch (b, N, D); split: per group of rows with the same text length, so that
@@ -246,7 +257,14 @@ class EncoderReuse:
         """The first block's AdaLN-modulated patch tokens, (B, N, D): what the encoder's input changes by."""
         first = self.transformer.blocks[0]
         norm = first.norm1 if hasattr(first, "norm1") else first.norm
-        return norm(emb.patches, emb.temb)[0].float()
+        sharded = hasattr(first, "unshard")  # FSDP2 (`enable_parallel(fsdp=True)`): gather the weights for this
+        if sharded:
+            first.unshard()
+        try:
+            return norm(emb.patches, emb.temb)[0].float()
+        finally:
+            if sharded:
+                first.reshard()
 
     def _decide(
         self, name: str, rows: slice, text: torch.Tensor, signal: torch.Tensor | None, t: float, emb: Any
@@ -260,8 +278,8 @@ class EncoderReuse:
             now = signal[rows]
             if state.signal is not None and state.signal.shape == now.shape:
                 # sums over the whole sequence: on a context-parallel transformer every rank takes the same decision
-                moved = token_sum(self.transformer, emb, (now - state.signal).abs())
-                state.change += float(moved / token_sum(self.transformer, emb, state.signal.abs()).clamp_min(1e-12))
+                moved, size = token_sums(self.transformer, emb, ((now - state.signal).abs(), state.signal.abs()))
+                state.change += float(moved / size.clamp_min(1e-12))
             state.signal = now
         state.calls += 1
         state.since += 1
