@@ -132,8 +132,12 @@ def test_fp8_dynamic_targets_only_linears_that_fit_the_fp8_matmul(monkeypatch):
 
     monkeypatch.setattr(torchao.quantization, "quantize_", fake_quantize)
     blocks = [nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 24)), nn.Sequential(nn.Linear(16, 16))]
+    with pytest.raises(ValueError, match="needs bf16 weights"):  # per-row scales: torchao asserts bf16 otherwise
+        quantization.quantize_fp8_dynamic(nn.Module(), blocks=blocks)
+    assert quantization.quantize_fp8_dynamic(nn.Module(), blocks=blocks, granularity="tensor") == 2
+    blocks = [block.to(torch.bfloat16) for block in blocks]
     assert quantization.quantize_fp8_dynamic(nn.Module(), blocks=blocks) == 2
-    assert [m.out_features for m in seen] == [64, 16]  # 64 -> 24 does not divide by 16
+    assert [m.out_features for m in seen] == [64, 16, 64, 16]  # 64 -> 24 does not divide by 16
 
 
 @pytest.mark.gpu

@@ -204,3 +204,20 @@ def test_bench_parallel_smoke():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split(" | ")[0].lstrip("| ") for line in done.stdout.splitlines() if line.startswith("| ")]
     assert rows == ["Variant", "plain", "launch cp=1,cfg=1", "ulysses P=1"], done.stdout
+
+
+def test_memory_estimate_per_rank():
+    """Under a layout each rank holds 1/(cp x cfg) of the transformer's activations: the estimate the memory check
+    uses shrinks by exactly that part, and the VAE and host parts stay whole (rank 0 decodes)."""
+    from motif_video import get_preset
+    from motif_video.pipeline.footprint import generation_bytes
+
+    config = get_preset("motif-video-2b")
+    args = (config, 480, 832, 49, 1, True, 2)
+    one, host = generation_bytes(*args)
+    four, host4 = generation_bytes(*args, ranks=4)
+    transformer_only = generation_bytes(*args, decode=False)[0]
+    assert host4 == host and four < one
+    assert one - four == pytest.approx(
+        0.75 * (transformer_only - generation_bytes(*args, decode=False, ranks=10**9)[0]), rel=1e-6
+    )

@@ -182,6 +182,9 @@ class GenerateSettings:
                 raise ValueError(problem)
             if self.fp8 != "weights" and self.offload != "none":
                 raise ValueError(f"--fp8 {self.fp8} keeps the transformer on the GPU: use --offload none")
+            if self.fp8 == "dynamic" and self.resolved_dtype() != torch.bfloat16:
+                raise ValueError("--fp8 dynamic (per-row scales) needs bf16 weights: use --dtype bfloat16 (or auto), "
+                                 "or --fp8 dynamic-tensor")  # fmt: skip
         if self.attention is not None:
             if self.attention not in BACKENDS:
                 raise ValueError(f"unknown --attention {self.attention!r}: choose one of {', '.join(BACKENDS)}")
@@ -218,8 +221,10 @@ class GenerateSettings:
         dtype_bytes = self.resolved_dtype().itemsize
         size = (g.height or defaults.height, g.width or defaults.width, g.num_frames or defaults.num_frames)
         self._check_parallel(config, size)
-        check_memory(config, *size, videos, dtype_bytes=dtype_bytes, device=self.resolved_device(),
-                     weights=weight_bytes(folder), weights_on_device=self.offload == "none")  # fmt: skip
+        layout = self.launch_layout()  # under torchrun each rank holds 1/(cp x cfg) of the activations (and with
+        ranks, share = (1, 1) if layout is None else (layout.world, layout.cp if layout.fsdp else 1)  # fsdp=1, weights)
+        check_memory(config, *size, videos, dtype_bytes=dtype_bytes, device=self.resolved_device(), ranks=ranks,
+                     weights=weight_bytes(folder) // share, weights_on_device=self.offload == "none")  # fmt: skip
 
     def _check_parallel(self, config: Any, size: tuple[int, int, int]) -> None:
         """`--parallel` against torchrun's world size, the model's heads and the video's tokens (`check_layout`)."""
@@ -239,6 +244,8 @@ class GenerateSettings:
         check_layout(layout, world, heads=config.num_attention_heads, tokens=tokens, guided=guided)
         if self.device.startswith("cuda:"):
             raise ValueError("under torchrun each process takes cuda:LOCAL_RANK: pass --device cuda (or auto)")
+        if self.compile == "cudagraphs":  # collectives captured inside CUDA graphs are not tested here
+            raise ValueError("--compile cudagraphs is not supported with --parallel: use --compile blocks")
 
     def launch_layout(self) -> ParallelLayout | None:
         """The `--parallel` layout when it spans processes; None for the plain path."""

@@ -88,6 +88,10 @@ def run_launched(make_settings: Callable[[], GenerateSettings]) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.ERROR, format="%(message)s")
     try:
         settings = make_settings()
+        if (
+            settings.resolved_device().type == "cuda" and torch.cuda.is_available()
+        ):  # this rank's GPU before anything touches CUDA (the memory
+            torch.cuda.set_device(local_rank)  # check reads its free memory), not GPU 0 for every rank
         settings.validate()  # before any group or model: the same answer on every rank
     except INPUT_ERRORS as err:
         if rank == 0:

@@ -104,7 +104,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "Binds 127.0.0.1; any other --host needs --api-key (or MOTIF_VIDEO_API_KEY).",
     )
     add_settings_flags(serve, ServeSettings, {})
-    add_settings_flags(serve, GenerateSettings, {}, skip=PER_JOB)
+    add_settings_flags(serve, GenerateSettings, {}, skip=PER_JOB + ("parallel",))  # --parallel: generate's torchrun
     serve.set_defaults(func=_serve)
 
 
@@ -113,7 +113,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings.api_key = settings.api_key or serve_api_key_from_env()
     settings.validate()
     base = settings_from_args(
-        GenerateSettings, args, prompts=["check"], image=None, generation=GenerationSettings(), output="video.mp4"
+        GenerateSettings,
+        args,
+        prompts=["check"],
+        image=None,
+        generation=GenerationSettings(),
+        output="video.mp4",
+        parallel=None,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     Service(settings, backends(base)).serve()

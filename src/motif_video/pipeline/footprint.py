@@ -34,14 +34,16 @@ def generation_bytes(
     guided: bool,
     dtype_bytes: int,
     decode: bool = True,
+    ranks: int = 1,
 ) -> tuple[int, int]:
     """(device bytes, host bytes) one generation needs at least, weights excluded (`decode=False`: the transformer
-    alone, as `motif-video forward` runs it)."""
+    alone, as `motif-video forward` runs it); `ranks`: processes sharing each forward (`enable_parallel`: cp x cfg),
+    each holding its share of the transformer's activations."""
     latent_frames = (num_frames - 1) // VAE_TEMPORAL + 1
     h, w = height // VAE_SPATIAL, width // VAE_SPATIAL
     tokens = latent_frames * h * w // (config.patch_size**2 * config.patch_size_t)
     batch = videos * (2 if guided else 1)
-    hidden = batch * tokens * config.hidden_size * dtype_bytes * (2 + config.mlp_ratio)
+    hidden = batch * tokens * config.hidden_size * dtype_bytes * (2 + config.mlp_ratio) / ranks
     latents = 4 * batch * LATENT_CHANNELS * latent_frames * h * w * 4  # fp32 state, input, velocity, guidance
     decoder = videos * VAE_DECODER_WIDTH * height * width * 4
     video = videos * num_frames * height * width * 3 * 4
@@ -90,10 +92,12 @@ def check_memory(
     weights: int = 0,
     weights_on_device: bool = True,
     decode: bool = True,
+    ranks: int = 1,
 ) -> None:
-    """ValueError when the generation cannot fit in the free memory of `device` (and of the host)."""
+    """ValueError when the generation cannot fit in the free memory of `device` (and of the host); `ranks`: see
+    `generation_bytes`."""
     device = torch.device(device)
-    on_device, on_host = generation_bytes(config, height, width, num_frames, videos, guided, dtype_bytes, decode)
+    on_device, on_host = generation_bytes(config, height, width, num_frames, videos, guided, dtype_bytes, decode, ranks)
     if device.type == "cuda":
         needs = {"GPU": (on_device + (weights if weights_on_device else 0), free_device_bytes(device))}
         needs["host"] = (on_host + (0 if weights_on_device else weights), free_host_bytes())
@@ -117,12 +121,14 @@ def check_call(
     guided: bool,
     dtype: torch.dtype,
     device: torch.device,
+    ranks: int = 1,
 ) -> None:
     """`check_memory` for a pipeline call whose weights are already placed (ours only; another model is not sized)."""
     config = getattr(transformer, "config", None)
     if isinstance(config, MotifVideoConfig):
         dtype_bytes = torch.empty((), dtype=dtype).element_size()
-        check_memory(config, height, width, num_frames, videos, guided=guided, dtype_bytes=dtype_bytes, device=device)
+        check_memory(config, height, width, num_frames, videos, guided=guided, dtype_bytes=dtype_bytes, device=device,
+                     ranks=ranks)  # fmt: skip
 
 
 __all__ = ["check_call", "check_memory", "free_device_bytes", "free_host_bytes", "generation_bytes", "weight_bytes"]

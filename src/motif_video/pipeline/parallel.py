@@ -144,10 +144,18 @@ class ParallelModes:
             groups = [dist.new_group([g * cp + c for g in range(cfg)]) for c in range(cp)]
             run.cfg_group = groups[cp_index]
             run.groups += groups
-        if run.cp_group is not None:
-            enable_context_parallel(self.transformer, run.cp_group)
-        if layout.fsdp:
-            _shard_blocks(self.transformer, run.cp_group)
+        wrapped = False
+        try:
+            if run.cp_group is not None:
+                wrapped = enable_context_parallel(self.transformer, run.cp_group) is not None
+            if layout.fsdp:
+                _shard_blocks(self.transformer, run.cp_group)
+        except BaseException:
+            if wrapped:
+                disable_context_parallel(self.transformer)
+            for group in run.groups:  # nothing made here outlives a failed enable
+                dist.destroy_process_group(group)
+            raise
         self._parallel = run
 
     def disable_parallel(self) -> None:
@@ -166,6 +174,10 @@ class ParallelModes:
     @property
     def parallel_layout(self) -> ParallelLayout | None:
         return None if self._parallel is None else self._parallel.layout
+
+    def _ranks(self) -> int:
+        """Processes sharing each forward (cp x cfg; 1 without a layout): each holds its share of the activations."""
+        return 1 if self._parallel is None else self._parallel.layout.world
 
     @property
     def is_main_rank(self) -> bool:

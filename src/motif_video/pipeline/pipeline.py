@@ -267,9 +267,9 @@ class MotifVideoPipeline(MemoryModes, ParallelModes):
         )
         inputs.check_generator(generator, plan.batch)
         device, dtype = self.device, self.transformer.dtype
-        footprint.check_call(self.transformer, plan.height, plan.width, plan.num_frames, plan.batch, plan.needs_uncond,
-                             dtype, device)  # fmt: skip
         self._check_parallel_call(plan)
+        self._share(lambda: footprint.check_call(self.transformer, plan.height, plan.width, plan.num_frames, plan.batch,
+                                                 plan.needs_uncond, dtype, device, self._ranks()))  # fmt: skip
 
         # 2. encode the text, draw the noise, encode the image (the noise first, as the reference draws it); under
         # `enable_parallel` on rank 0 only, then broadcast (`_share`)

@@ -160,6 +160,11 @@ def quantize_fp8_dynamic(
         problem = fp8_problem(mode, device)
         if problem is not None:
             raise ValueError(problem)
+    if granularity == "row" and any(m.weight.dtype != torch.bfloat16 for m in targets):
+        raise ValueError(
+            "FP8 with per-row scales ('dynamic') needs bf16 weights: convert the transformer to "
+            "torch.bfloat16 first, or use 'dynamic-tensor'"
+        )  # fmt: skip (torchao asserts otherwise)
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
     scale = PerRow() if granularity == "row" else PerTensor()
