@@ -29,7 +29,13 @@ REUSE = (
 )
 # whole-step reuse (the decoder skipped too; issue 25's road to 3x at 720p), kept from the same runs
 WHOLE_STEP = ("ddt:1,uncond=4,skip=3,order=1",)
-MODES: dict[str, dict[str, Any]] = {"exact": {}, "split": {"split_encoder": True}}
+# "split" (the encoder per branch, mask-free) and "sequential" (cond and uncond as two B=1 forwards, each mask-free)
+# are exact up to rounding: the two candidates for a faster default under guidance, for the GPU suite to choose
+MODES: dict[str, dict[str, Any]] = {
+    "exact": {},
+    "split": {"split_encoder": True},
+    "sequential": {"batch_guidance": False},
+}
 MODES |= {r: {"cache": r} for r in REUSE + WHOLE_STEP}
 HEADLINE = "ddt:2"  # the fast mode timed at 1280x736x121: a 2-step period, whose steps show a refresh and a reuse
 DERIVED = ("ddt:3,uncond=4", *WHOLE_STEP)  # estimated there from those two steps (a skipped call costs ~nothing)
