@@ -184,13 +184,6 @@ def ulysses_attention(
     return _ring_encoder(q, k, v, key_mask, shard)
 
 
-def _all_gather(x: torch.Tensor, dim: int, group: Any, size: int) -> torch.Tensor:
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x, group=group)
-    return torch.cat(parts, dim=dim)
-
-
 @contextmanager
 def _phase(shard: _Shard):
     token = _active.set(shard)
@@ -266,7 +259,7 @@ def enable_context_parallel(
 
     def gathered_head(x: torch.Tensor, emb: Embedded) -> torch.Tensor:
         f, h, w = emb.grid
-        x = _all_gather(x, 1, group, size)[:, : f * h * w]  # (B, N, D), padding dropped
+        x = torch.cat(tuple(mesh.all_gather(x)), dim=1)[:, : f * h * w]  # (B, N, D), padding dropped
         return head(x, emb)  # (B, C_out, F, H, W)
 
     model.embed, model.encode, model.decode, model.head = sharded_embed, sharded_encode, sharded_decode, gathered_head
