@@ -29,16 +29,25 @@ REUSE = (
 )
 # whole-step reuse (the decoder skipped too; issue 25's road to 3x at 720p), kept from the same runs
 WHOLE_STEP = ("ddt:1,uncond=4,skip=3,order=1",)
-# "split" (the encoder per branch, mask-free) and "sequential" (cond and uncond as two B=1 forwards, each mask-free)
-# are exact up to rounding: the two candidates for a faster default under guidance, for the GPU suite to choose
+# Exact up to rounding, three ways to run a guidance batch: "batched" (one [cond; uncond] forward, its encoder with a
+# text key mask), "split" (the encoder per text length, mask-free; the decoder batched) and "sequential" (cond and
+# uncond as two B=1 forwards, each mask-free). "exact" is the default: split on CUDA, batched elsewhere
+# (`pipeline.model_function`), so the one of "batched" / "split" that equals it on a device is not timed there.
 MODES: dict[str, dict[str, Any]] = {
     "exact": {},
-    "split": {"split_encoder": True},
+    "batched": {"split_encoder": "off"},
+    "split": {"split_encoder": "on"},
     "sequential": {"batch_guidance": False},
 }
 MODES |= {r: {"cache": r} for r in REUSE + WHOLE_STEP}
 HEADLINE = "ddt:2"  # the fast mode timed at 1280x736x121: a 2-step period, whose steps show a refresh and a reuse
 DERIVED = ("ddt:3,uncond=4", *WHOLE_STEP)  # estimated there from those two steps (a skipped call costs ~nothing)
+
+
+def device_modes(device: torch.device | str, names: list[str] | None = None) -> list[str]:
+    """`names` (default every mode of `MODES`) without the one that is "exact" itself on this device."""
+    same = "split" if torch.device(device).type == "cuda" else "batched"
+    return [name for name in (list(MODES) if names is None else names) if name != same]
 
 
 def mode_options(name: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import torch
 from diffusers import MotifVideoPipeline as ReferencePipeline
 from diffusers.utils import logging as diffusers_logging
 
-from _common import MODES, StepMarks, mode_options, psnr
+from _common import MODES, StepMarks, device_modes, mode_options, psnr
 from motif_video.core.release import small_model_dir
 from motif_video.models.config import get_preset
 from motif_video.pipeline import MotifVideoPipeline
@@ -88,7 +88,7 @@ def step_times(ours: MotifVideoPipeline, ref: Any, modes: list[str], repeats: in
 def evaluate(ours: MotifVideoPipeline, mode: str, prompts: int) -> tuple[ModePipe, Any, float]:
     from motif_video_lab.evaluation import EvalSettings, run_eval
 
-    options = mode_options(mode) or {"cache": "ddt:1"}  # exact mode's frames, with the calls recorded
+    options = {"cache": "ddt:1", **mode_options(mode)}  # "ddt:1": the mode's own frames, with the calls recorded
     wrapped = ModePipe(ours, options)
     started = time.perf_counter()
     settings = EvalSettings(model=str(small_model_dir()), splits=("heldout",), num_prompts=prompts, mode="t2v")
@@ -98,7 +98,9 @@ def evaluate(ours: MotifVideoPipeline, mode: str, prompts: int) -> tuple[ModePip
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), help=f"modes: {list(MODES)} or any --cache rule")
+    parser.add_argument(
+        "--modes", nargs="+", default=device_modes("cpu"), help=f"modes: {list(MODES)} or any --cache rule"
+    )
     parser.add_argument("--prompts", type=int, default=48, help="held-out T2V prompts for the evaluator (0: none)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per mode for ms/step (0: no timing)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")

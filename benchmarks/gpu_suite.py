@@ -18,7 +18,8 @@ Sections, in this order, each with its own time budget (`BUDGET_S`, scaled to `-
 not fit what is left of its section or of the run is skipped with the reason:
   parity    one bf16 forward at 832x480x49 (B=1, and B=2 with unequal text lengths): ours vs diffusers
   step      time per denoising step (APG on every step, i.e. guidance on) at 832x480x49: diffusers' pipeline,
-            our exact mode and each fast mode (`_common.MODES`; "sage" when sageattention is installed)
+            our exact mode (split encoder on CUDA), "batched" and each fast mode (`_common.device_modes`; "sage" when
+            sageattention is installed)
   precision each lower-precision mode against bf16 at 832x480x49 (`suite_precision.py`): "sage", "fp8-dynamic",
             "fp8-dynamic-tensor", "fp8-weights": the velocity's error in one forward, the latents' PSNR after a
             few steps, ms/step
@@ -58,10 +59,10 @@ from diffusers.utils import logging as diffusers_logging
 from _common import (
     DERIVED,
     HEADLINE,
-    MODES,
     StepMarks,
     attention_backend,
     call_shares,
+    device_modes,
     fmt_ms,
     mode_options,
     period,
@@ -338,7 +339,7 @@ def run(args: argparse.Namespace) -> Suite:
     pipes = pipelines(s, ours_model, ref_model)
     # Random weights have no calibration of their own: the calibrated rules run on the small model's curve
     pipes[0].defaults = replace(pipes[0].defaults, step_cache=read_defaults(read_index(small_model_dir())).step_cache)
-    modes = list(MODES) + (["sage"] if "sage" in available_backends() and cuda else [])
+    modes = device_modes(s.device) + (["sage"] if "sage" in available_backends() and cuda else [])
     chosen = set(sections)
     if "parity" in chosen:
         s.section("parity", lambda: parity(s, ours_model, ref_model, small))

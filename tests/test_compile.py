@@ -34,3 +34,29 @@ def test_compiled_blocks_do_not_recompile_across_steps_guidance_and_tasks():
     run(prompts, 2, 4, image=torch.rand(3, 32, 32))  # I2V: image tokens in the context
     assert counters["frames"]["ok"] == compiled, "a compiled block recompiled"
     torch._dynamo.reset()
+
+
+def test_compiled_blocks_do_not_recompile_under_the_split_encoder():
+    """The CUDA default (`split_encoder` auto: the encoder per text length, mask-free; B=1 and B=2 calls)."""
+    torch._dynamo.reset()
+    pipe = MotifVideoPipeline.from_components(build_tiny_components(0))
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(prompts: list[str], seed: int, steps: int, **kwargs) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        size = dict(height=32, width=32, num_frames=9, num_inference_steps=steps, output_type="latent")
+        return pipe(
+            prompt=prompts, negative_prompt="blurry", generator=generator, split_encoder="on", **size, **kwargs
+        ).frames
+
+    prompts = ["a red dog runs on the beach", "a small blue bird flies"]
+    eager = run(prompts, 0, 3)
+    compile_blocks(pipe.transformer, backend="eager")
+    try:
+        assert torch.equal(run(prompts, 0, 3), eager)
+        compiled = counters["frames"]["ok"]
+        run(["a dog", "the green trees at night move slowly in the wind"], 1, 4)
+        run(prompts, 2, 3, image=torch.rand(3, 32, 32))
+        assert counters["frames"]["ok"] == compiled, "a compiled block recompiled under the split encoder"
+    finally:
+        torch._dynamo.reset()

@@ -159,6 +159,36 @@ def test_split_encoder_runs_no_masked_attention_and_matches_the_forward(pipe, mo
     assert pipe.last_reuse is None and GenerationSettings(split_encoder=True).call_kwargs()["split_encoder"]
 
 
+def test_split_encoder_is_automatic_on_cuda_only_and_checked_before_any_work(pipe, monkeypatch):
+    from motif_video.pipeline.model_function import model_function, resolve_split
+
+    assert resolve_split(None, torch.device("cuda", 0)) and resolve_split("auto", "cuda")
+    assert not resolve_split(None, "cpu") and not resolve_split("off", "cuda") and resolve_split("on", "cpu")
+    # "auto" on a CUDA device: the guidance batch's encoder splits (deciding needs no GPU, only the device)
+    fn, reuse = model_function(pipe.transformer, torch.float32, torch.device("cuda"))
+    assert fn is reuse and reuse.split and str(reuse.rule) == "ddt:1"
+    assert model_function(pipe.transformer, torch.float32, torch.device("cuda"), split_encoder="off")[1] is None
+    assert model_function(pipe.transformer, torch.float32, torch.device("cuda"), guided=False)[1] is None
+    assert model_function(pipe.transformer, torch.float32, torch.device("cpu"))[1] is None
+    # CLI: the flag alone is "on"; the default is auto; a bad value is refused before any model loads
+    parse = build_parser().parse_args
+    assert parse(["generate", "--prompt", "a", "--split-encoder"]).split_encoder == "on"
+    assert parse(["generate", "--prompt", "a", "--split-encoder", "off"]).split_encoder == "off"
+    assert parse(["generate", "--prompt", "a"]).split_encoder is None
+    with pytest.raises(ValueError, match="split_encoder"):
+        GenerationSettings(split_encoder="sideways").validate()
+    monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: pytest.fail("encoded before checking the options"))
+    with pytest.raises(ValueError, match="split_encoder"):
+        _run(pipe, split_encoder="sideways")
+    with pytest.raises(ValueError, match="LoRA scale"):
+        _run(pipe, attention_kwargs={"scale": 0.5})
+    monkeypatch.undo()
+    _run(pipe, split_encoder="on")
+    assert pipe.last_reuse.split and pipe.last_call["cache"]["rule"] == "ddt:1, split encoder"
+    _run(pipe, split_encoder="on", batch_guidance=False)  # two separate passes: no guidance batch to split
+    assert pipe.last_reuse is None
+
+
 def test_calibrated_rule_follows_the_stored_curve(pipe):
     from motif_video.pipeline.step_cache import calibrate
 

@@ -8,8 +8,9 @@ gives the same frames as the reference (tested in fp32), and differs where the r
 - the VAE runs in its own dtype (fp32 VAE under a bf16 transformer works); latents stay fp32 across steps;
 - height/width must be multiples of 16 and frames 4k+1 (an error, never a silent floor);
 - custom sigmas/timesteps, and UniPC / DPM-Solver as well as Euler.
-Speed: cond and uncond passes run as one batched forward (`batch_guidance=True`), prompts are padded only to
-the longest one, and what does not change across steps (text, image tokens, condition channels) is made once.
+Speed: cond and uncond passes run as one batched forward (`batch_guidance=True`; on CUDA its encoder runs per
+text length, mask-free: `model_function`), prompts are padded only to the longest one, and what does not change
+across steps (text, image tokens, condition channels) is made once.
 
 A call runs in phases, each in its own module: resolve and check the inputs (`inputs.plan_call`), encode text
 and image (`encoding`), draw the starting noise, denoise (`sampler.denoise`, a function of tensors), decode.
@@ -19,7 +20,6 @@ Options can also come as one `GenerationSettings` (`pipe.generate(prompt, settin
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ from motif_video.pipeline import encoding, footprint, inputs, lora
 from motif_video.pipeline.guidance import GuidanceConfig
 from motif_video.pipeline.inputs import MODEL_DEFAULT_NEGATIVE, CallPlan
 from motif_video.pipeline.memory import MemoryModes
+from motif_video.pipeline.model_function import check_options, model_function
 from motif_video.pipeline.parallel import ParallelModes
 from motif_video.pipeline.sampler import Condition, StepEnd, denoise
 from motif_video.pipeline.schedule import set_scheduler_sigmas, unshifted_scheduler
@@ -217,7 +218,7 @@ class MotifVideoPipeline(MemoryModes, ParallelModes):
         batch_guidance: bool = True,
         vae_batch_size: int | None = None,
         cache: str | StepCache | None = None,
-        split_encoder: bool = False,
+        split_encoder: bool | str | None = None,
     ) -> MotifVideoPipelineOutput | tuple[Any]:
         """Generate videos. Returns `.frames` (see `MotifVideoPipelineOutput`).
 
@@ -230,7 +231,8 @@ class MotifVideoPipeline(MemoryModes, ParallelModes):
         latent from the VAE posterior with `generator` (the reference), "mode" takes its mode.
         `batch_guidance=False` runs conditional and unconditional passes as two forwards (less memory).
         `cache`: step reuse ("off", "ddt:N", "adaptive:T", ...; `step_cache.StepCache`), off by default;
-        `split_encoder=True`: the guidance batch's encoder runs per branch without a key mask (`step_cache`).
+        `split_encoder`: the guidance batch's encoder runs per text length without a key mask; None / "auto" (the
+        default) on a CUDA device only, True / False to choose (`model_function`).
         The same options as one object: `generate(prompt, GenerationSettings(...))`.
         """
         # 1. resolve and check the inputs
@@ -266,6 +268,7 @@ class MotifVideoPipeline(MemoryModes, ParallelModes):
             max_sequence_length=max_sequence_length,
         )
         inputs.check_generator(generator, plan.batch)
+        check_options(cache, split_encoder, attention_kwargs)
         device, dtype = self.device, self.transformer.dtype
         self._check_parallel_call(plan)
         self._share(lambda: footprint.check_call(self.transformer, plan.height, plan.width, plan.num_frames, plan.batch,
@@ -297,14 +300,11 @@ class MotifVideoPipeline(MemoryModes, ParallelModes):
             **self._parallel_record(),
         )
         self._interrupt = False
-        reuse = StepCache.parse(cache)
-        model = functools.partial(self._velocity, dtype=dtype, attention_kwargs=attention_kwargs)
-        if reuse is not None or split_encoder:
-            rule, curve = reuse or StepCache("ddt"), self.defaults.step_cache
-            self.last_reuse = EncoderReuse(self.transformer, rule, dtype, split_encoder, curve)
-        else:
-            self.last_reuse = None
-        model = self._parallel_model(self.last_reuse or model)  # split over the guidance ranks under cfg=2
+        model, self.last_reuse = model_function(
+            self.transformer, dtype, device, cache, split_encoder, self.defaults.step_cache,
+            guided=uncond is not None and batch_guidance, attention_kwargs=attention_kwargs,
+        )  # fmt: skip
+        model = self._parallel_model(model)  # split over the guidance ranks under cfg=2
         with self.using("transformer"), tqdm(total=len(plan.sigmas), **self._bar_options()) as bar:
             step_end = self._step_end(plan, callback_on_step_end, bar.update)
             latents = denoise(
@@ -364,26 +364,6 @@ class MotifVideoPipeline(MemoryModes, ParallelModes):
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} for this size and batch, got {tuple(latents.shape)}")
         return latents.to(device=self.device, dtype=torch.float32)
-
-    def _velocity(
-        self,
-        latents: torch.Tensor,
-        t: torch.Tensor,
-        condition: Condition,
-        dtype: torch.dtype,
-        attention_kwargs: dict[str, Any] | None = None,
-    ) -> torch.Tensor:
-        """The sampler's model: latents (B, 16, F', h, w) fp32, t (B,) on 0..1000 -> velocity (B, 16, F', h, w)."""
-        x = torch.cat([latents.to(dtype), condition.channels], dim=1)  # (B, 33, F', h, w)
-        return self.transformer(
-            hidden_states=x,
-            timestep=t,
-            encoder_hidden_states=condition.text,
-            encoder_attention_mask=condition.mask,
-            image_embeds=condition.image,
-            attention_kwargs=attention_kwargs,
-            return_dict=False,
-        )[0]
 
     def _step_end(self, plan: CallPlan, callback: Callable[..., dict] | None, advance: Callable[[], Any]) -> StepEnd:
         """The sampler's step-end hook: a diffusers-style `callback_on_step_end` (it may replace the latents and the

@@ -18,6 +18,7 @@ import torch
 from motif_video import bounds
 from motif_video.core.latent_space import check_noise_correlation, check_video_size
 from motif_video.pipeline.guidance import GUIDANCE_METHODS
+from motif_video.pipeline.model_function import SPLIT_CHOICES, split_choice
 from motif_video.pipeline.step_cache import StepCache
 
 MAX_STEPS = 1000  # the flow schedules have 1000 training timesteps: more steps than that only repeat them
@@ -58,8 +59,12 @@ class GenerationSettings:
         "unconditional branch K times longer; ',skip=S' runs the whole model on one step in S (',order=1' "
         "extrapolates the velocity between) (quality cost per mode: docs/performance.md)",
     )
-    split_encoder: bool = option(
-        False, "run the encoder per guidance branch without a text key mask (same numbers up to rounding)"
+    split_encoder: str | None = option(
+        None,
+        "run the encoder of the guidance batch per text length, without a text key mask (same numbers up to "
+        "rounding): auto (the default: on a CUDA device, where it lets fused attention run), on (the flag alone), off",
+        choices=SPLIT_CHOICES,
+        const="on",
     )
 
     def validate(self, patch: tuple[int, int] = (2, 1)) -> None:
@@ -88,6 +93,7 @@ class GenerationSettings:
             raise ValueError(f"unknown guidance {self.guidance!r}: choose one of {', '.join(GUIDANCE_METHODS)}")
         if self.cache is not None:
             StepCache.parse(self.cache)
+        split_choice(self.split_encoder)
         if bounds.integer("num_videos_per_prompt", self.num_videos_per_prompt) < 1:
             raise ValueError(f"num_videos_per_prompt must be at least 1, got {self.num_videos_per_prompt}")
         bounds.integer("num_videos_per_prompt", self.num_videos_per_prompt, 1, MAX_VIDEOS_PER_PROMPT)
