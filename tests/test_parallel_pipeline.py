@@ -44,11 +44,14 @@ CASES = {
         # steps outside the guidance window run on one guidance rank (the other's reuse state stays as one
         # process keeps it), and the halves of a joint call decide a whole-step skip together
         "t2v_cfg2_window_reuse": (1, 2, {"guidance": WINDOW, "cache": "ddt:3,skip=2", "num_inference_steps": 8}),
+        # the CUDA default: the guidance batch's encoder per text length, mask-free, on sharded video tokens
+        "i2v_cp2_split": (2, 1, {"i2v": True, "split_encoder": "on"}),
     },
     4: {
         "t2v_cp2xcfg2": (2, 2, {}),
         "i2v_cp2xcfg2_ddt": (2, 2, {"i2v": True, "cache": "ddt:2"}),
         "i2v_cp4_ulysses2xring2_ddt": (4, 1, {"i2v": True, "cache": "ddt:2"}),  # the tiny model has 2 heads
+        "t2v_cp4_split_ddt": (4, 1, {"split_encoder": "on", "cache": "ddt:2"}),
     },
 }
 
