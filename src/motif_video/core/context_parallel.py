@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -56,19 +56,21 @@ class _Shard:
     video_len: int  # local video tokens n at the start of each joint sequence
     tail_sharded: bool  # True in the decoder (its video context is sharded too), False for replicated context
     tokens: int  # the real video tokens N; positions from N up to P * n are padding
+    masks: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # (src, device) -> `block_valid`
 
     def block_valid(self, src: int, device: torch.device) -> torch.Tensor | None:
         """(1, U * n) or, in the decoder, (1, 2 * U * n) bool over the keys of ring block src as laid out after
         the Ulysses exchange (per sub-group member: its video shard, then its video-context shard); None when
-        nothing is padded."""
+        nothing is padded. Built once per phase and block, then shared by every attention call of the phase."""
         u, n = self.mesh.ulysses, self.video_len
         if self.tokens == self.mesh.size * n:
             return None
-        positions = torch.arange(src * u * n, (src + 1) * u * n, device=device)
-        valid = (positions < self.tokens).view(u, n)
-        if self.tail_sharded:
-            valid = valid.repeat(1, 2)
-        return valid.reshape(1, -1)
+        key = (src, torch.device(device))
+        if key not in self.masks:
+            positions = torch.arange(src * u * n, (src + 1) * u * n, device=device)
+            valid = (positions < self.tokens).view(u, n)
+            self.masks[key] = (valid.repeat(1, 2) if self.tail_sharded else valid).reshape(1, -1)
+        return self.masks[key]
 
 
 _active: contextvars.ContextVar[_Shard | None] = contextvars.ContextVar("motif_video_context_parallel", default=None)
