@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import re
 import subprocess
 import sys
 import time
@@ -74,6 +75,7 @@ from bench_transformer import make_inputs
 from bench_tread import build as build_training_model
 from bench_tread import make_inputs as training_inputs
 from bench_tread import time_steps as time_training_steps
+from motif_video.atomic import write_text
 from motif_video.core.flow import DEFAULT_SHIFT_T2V
 from motif_video.core.release import read_defaults, read_index, small_model_dir
 from motif_video.models.attention import available_backends
@@ -109,6 +111,7 @@ class Suite:
     rows: list[tuple[str, ...]] = field(default_factory=list)
     section_end: float = 0.0
     banked: float = 0.0
+    out: Path | None = None  # the markdown table, rewritten after every row: a killed run still leaves its table
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -128,6 +131,11 @@ class Suite:
     def add(self, *cells: str) -> None:
         self.rows.append(tuple(cells))
         print("| " + " | ".join(cells) + " |", file=sys.stderr, flush=True)
+        self.save()
+
+    def save(self) -> None:
+        if self.out is not None:
+            write_text(self.out, table(self) + "\n")
 
     def section(self, name: str, run: Callable[[], None]) -> None:
         share = BUDGET_S[name] / sum(BUDGET_S[c] for c in self.chosen) * self.budget
@@ -138,9 +146,12 @@ class Suite:
         except Exception as error:  # one section's failure is a row, not the end of the run
             self.add(name, "error", "-", "-", "-", f"{type(error).__name__}: {str(error)[:160]}")
         finally:
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            try:
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # raises again after a sticky CUDA error: a row, not the end of the run
+            except Exception as error:
+                self.add(name, "cleanup error", "-", "-", "-", f"{type(error).__name__}: {str(error)[:160]}")
             self.banked = max(self.section_end - time.perf_counter(), 0.0)
         print(f"  section {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
@@ -309,15 +320,49 @@ def parallel(s: Suite, ours: MotifVideoPipeline, text: dict, size: tuple[int, in
               f"{row.overhead_pct:+.1f}% over plain")  # fmt: skip
 
 
-def pytest_gpu(s: Suite) -> None:
+def gpu_test_files() -> list[str]:
+    """The test files with GPU tests, relative to the root (only these: the others may need the lab or tensorboard);
+    tests/test_gpu.py last, as its inductor compile test is the slowest."""
     marked = [p for p in sorted((ROOT / "tests").glob("test_*.py")) if "mark.gpu" in p.read_text(encoding="utf-8")]
-    target = [p.relative_to(ROOT).as_posix() for p in marked]  # only these: the others may need the lab or tensorboard
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *target]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(s.left(), 1))
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    result = lines[-1].strip("= ") if lines else f"exit {done.returncode}"
-    s.add("pytest -m gpu", " ".join(target), result, "-", "-", f"{time.perf_counter() - started:.0f} s")
+    return [p.relative_to(ROOT).as_posix() for p in sorted(marked, key=lambda p: p.name == "test_gpu.py")]
+
+
+def pytest_gpu(s: Suite) -> None:
+    target = gpu_test_files()
+    command = [sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider"]
+    command += ["--continue-on-collection-errors", *target]  # a file that cannot import costs only its own tests
+    started, timeout = time.perf_counter(), max(s.left(), 1)
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        log, killed = done.stdout + done.stderr, False
+    except subprocess.TimeoutExpired as stop:  # what it printed so far still says which tests ran
+        log, killed = "".join(_text(part) for part in (stop.stdout, stop.stderr)), True
+    if s.out is not None:
+        write_text(s.out.with_name(s.out.stem + ".pytest.log"), log)
+    result, note = pytest_summary(log, killed)
+    s.add("pytest -m gpu", " ".join(target), result, "-", "-", f"{time.perf_counter() - started:.0f} s; {note}")
+
+
+def _text(part: str | bytes | None) -> str:
+    return part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+
+
+def pytest_summary(log: str, killed: bool) -> tuple[str, str]:
+    """(pytest's closing line, or the outcomes so far when it was killed; the failed tests, or the one running when
+    it was killed) from the output of `pytest -v`."""
+    outcomes = re.findall(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", log, re.MULTILINE)
+    failed = [name.split("::", 1)[1] for name, outcome in outcomes if outcome in ("FAILED", "ERROR")]
+    failed += [n.split("::")[-1] for n in re.findall(r"^ERROR (\S+)", log, re.MULTILINE)]  # e.g. failed imports
+    note = f"failed: {', '.join(dict.fromkeys(failed))}"[:200] if failed else "none failed"
+    if killed:
+        counts = [f"{sum(o == kind for _, o in outcomes)} {kind.lower()}" for kind in ("PASSED", "FAILED", "SKIPPED")]
+        result = "killed at the section's time limit; so far " + ", ".join(counts)
+        started = re.findall(r"^(\S+::\S+)\s*$", log, re.MULTILINE)  # -v names a test before it runs
+        running = started[-1].split("::", 1)[1] if started else None
+        return result, note + (f"; running: {running}" if running else "")
+    lines = [line for line in log.splitlines() if line.strip()]
+    closing = [line for line in lines if line.startswith("=") and " in " in line]
+    return (closing[-1] if closing else lines[-1] if lines else "no output").strip("= "), note
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -326,6 +371,9 @@ def run(args: argparse.Namespace) -> Suite:
     setup = SMOKE if args.smoke else FULL
     sections = tuple(args.sections or (BUDGET_S if args.smoke else DEFAULT_SECTIONS))
     s = Suite(torch.device("cuda" if cuda else "cpu"), setup["dtype"], args.smoke, args.budget, chosen=sections)
+    s.out = Path(args.out) if args.out else None
+    if s.out is not None:
+        s.out.parent.mkdir(parents=True, exist_ok=True)
     if not cuda and not args.smoke:
         raise SystemExit("no CUDA GPU: run with --smoke for the CPU check of this script")
     small, large = setup["sizes"]
@@ -390,10 +438,8 @@ def main() -> None:
     diffusers_logging.set_verbosity_error()
     torch.manual_seed(0)
     s = run(args)
-    text = table(s)
-    print(text, flush=True)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    s.save()  # the final elapsed time; every row was already written as it came
+    print(table(s), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,3 +37,73 @@ def test_gpu_suite_smoke(tmp_path):
     assert precision["fp8-dynamic"].startswith("not run: ") and "8.9" in precision["fp8-dynamic"]
     graphs = [row for row in steps if row[1] == "compile+cudagraphs"]
     assert graphs and graphs[0][-1].startswith("not run: CUDA graphs need a CUDA device")
+
+
+def _suite_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_suite
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return gpu_suite
+
+
+# What the GPU machine lacks of the product's dependencies (it has torch, transformers, pytest, ...; diffusers and
+# torchao are carried as wheels): a GPU test file that imports them at module level stops `pytest -m gpu` there.
+GPU_MACHINE_LACKS = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic", "av")
+
+
+def test_gpu_tests_collect_without_what_the_gpu_machine_lacks(tmp_path):
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(f"import sys\nfor name in {GPU_MACHINE_LACKS!r}:\n    sys.modules[name] = None\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
+    files = _suite_module().gpu_test_files()
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "error" not in done.stdout.lower(), done.stdout[-3000:]
+    assert files[-1] == "tests/test_gpu.py" and len(files) >= 4  # the slow inductor test last
+
+
+def test_pytest_row_of_a_finished_and_of_a_killed_run():
+    summary = _suite_module().pytest_summary
+    finished = (
+        "tests/test_offload.py::test_cuda_component_offloader_places_one_component PASSED [ 50%]\n"
+        "tests/test_gpu.py::test_bf16_cuda_matches_reference[sage] FAILED [100%]\n"
+        "=========================== short test summary info ============================\n"
+        "FAILED tests/test_gpu.py::test_bf16_cuda_matches_reference[sage] - AssertionError\n"
+        "ERROR tests/test_fast_modes.py - ModuleNotFoundError: No module named 'fastapi'\n"
+        "============= 1 failed, 1 passed, 3 deselected, 1 error in 9.12s ===============\n"
+    )
+    result, note = summary(finished, killed=False)
+    assert result == "1 failed, 1 passed, 3 deselected, 1 error in 9.12s"
+    assert note == "failed: test_bf16_cuda_matches_reference[sage], tests/test_fast_modes.py", note
+    killed = finished.split("=====")[0] + "tests/test_gpu.py::test_compiled_blocks_on_cuda_match_and_do_not_recompile "
+    result, note = summary(killed, killed=True)
+    assert result == "killed at the section's time limit; so far 1 passed, 1 failed, 0 skipped"
+    assert note.endswith("; running: test_compiled_blocks_on_cuda_match_and_do_not_recompile"), note
+
+
+def test_a_killed_pytest_run_is_a_row_with_its_log(tmp_path, monkeypatch):
+    gpu_suite = _suite_module()
+    partial = b"tests/test_ring_attention.py::test_fused_cuda_partial_matches_the_explicit_one[False-dtype0] PASSED\n"
+
+    def killed(command, **kwargs):
+        assert "--continue-on-collection-errors" in command and "-v" in command
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"], output=partial, stderr=None)
+
+    monkeypatch.setattr(gpu_suite.subprocess, "run", killed)
+    s = gpu_suite.Suite(torch.device("cpu"), torch.float32, True, 60.0, out=tmp_path / "suite.md")
+    s.section_end = time.perf_counter() + 30
+    gpu_suite.pytest_gpu(s)
+    assert (tmp_path / "suite.pytest.log").read_bytes() == partial
+    row = [line for line in (tmp_path / "suite.md").read_text().splitlines() if line.startswith("| pytest")]
+    assert len(row) == 1 and "killed at the section's time limit; so far 1 passed" in row[0], row
+
+
+def test_the_table_is_on_disk_after_every_row(tmp_path):
+    gpu_suite = _suite_module()
+    s = gpu_suite.Suite(torch.device("cpu"), torch.float32, True, 60.0, out=tmp_path / "suite.md")
+    s.add("parity", "forward", "1", "-", "-", "note")
+    assert "| parity | forward | 1 | - | - | note |" in (tmp_path / "suite.md").read_text()
+    s.section("step", lambda: 1 / 0)  # a section that fails is a row, on disk at once
+    assert "| step | error | - | - | - | ZeroDivisionError: division by zero |" in (tmp_path / "suite.md").read_text()
