@@ -18,7 +18,7 @@ Sections, in this order, each with its own time budget (`BUDGET_S`, scaled to `-
 not fit what is left of its section or of the run is skipped with the reason:
   parity    one bf16 forward at 832x480x49 (B=1, and B=2 with unequal text lengths): ours vs diffusers
   step      time per denoising step (APG on every step, i.e. guidance on) at 832x480x49: diffusers' pipeline,
-            our exact mode and each fast mode (`_common.MODES`; "sage" when sageattention is installed)
+            our exact mode and each fast mode (`_common.MODES`; "sage" with split when sageattention is installed)
   precision each lower-precision mode against bf16 at 832x480x49 (`suite_precision.py`): "sage", "fp8-dynamic",
             "fp8-dynamic-tensor", "fp8-weights": the velocity's error in one forward, the latents' PSNR after a
             few steps, ms/step
@@ -261,9 +261,10 @@ def derived(s: Suite, label: str, reuse_ms: float, refresh_ms: float, ref_ms: fl
 
 
 def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: str, steps: int) -> tuple:
-    """(our ms/step in one mode, the row's note, each step's ms). "sage": SageAttention kernels; "compile":
-    regional compile (`pipeline.compile`), whose compilation happens in an untimed warm-up call;
-    "compile+cudagraphs": the same with CUDA graphs."""
+    """(our ms/step in one mode, the row's note, each step's ms). "sage": SageAttention kernels, with "split" (in
+    the batched guidance pass the two text lengths need a key mask, and a masked call takes SDPA: without split the
+    encoder's 28 blocks would not run Sage at all); "compile": regional compile (`pipeline.compile`), whose
+    compilation happens in an untimed warm-up call; "compile+cudagraphs": the same with CUDA graphs."""
     if mode in COMPILE_CASES:
         graphs = mode == "compile+cudagraphs"
         compile_blocks(ours.transformer, backend="eager" if s.smoke else "inductor", cudagraphs=graphs)
@@ -275,10 +276,11 @@ def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: st
             return ms, f"compiling + 2 warm-up steps: {compile_s:.0f} s", each
         finally:
             uncompile_blocks(ours.transformer)
-    options = {"backend": "sage"} if mode == "sage" else mode_options(mode)
+    options = {"backend": "sage", **MODES["split"]} if mode == "sage" else mode_options(mode)
     ms, each = step_ms(s, ours, args, steps, **options)
     reuse = ours.last_call.get("cache", {}) if "cache" in options else {}
     note = "; ".join(f"{k} {v}" for k, v in reuse.items() if k != "rule") or f"mean of steps 2..{steps}"
+    note += "; with split (mask-free encoder): compare the split row" if mode == "sage" else ""
     if "cache" in options and len(each) <= 3:  # e.g. ddt:2 over 3 steps: a reuse step, then a refresh step
         note += "; steps 2..: " + ", ".join(f"{x:,.0f}" for x in each) + " ms"
     return ms, note, each

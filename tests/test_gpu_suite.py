@@ -107,3 +107,26 @@ def test_the_table_is_on_disk_after_every_row(tmp_path):
     assert "| parity | forward | 1 | - | - | note |" in (tmp_path / "suite.md").read_text()
     s.section("step", lambda: 1 / 0)  # a section that fails is a row, on disk at once
     assert "| step | error | - | - | - | ZeroDivisionError: division by zero |" in (tmp_path / "suite.md").read_text()
+
+
+def test_sage_runs_with_the_encoder_split(monkeypatch):
+    """In the batched guidance pass the two text lengths need a key mask, and a masked call takes SDPA, not Sage:
+    the "sage" row splits the encoder per branch, so that every attention call can take the kernel."""
+    import contextlib
+
+    gpu_suite = _suite_module()
+    backends, calls = [], []
+
+    class Pipe:
+        last_call: dict = {}
+
+        def __call__(self, **kwargs):
+            calls.append(kwargs)
+            for step in range(kwargs["num_inference_steps"]):
+                kwargs["callback_on_step_end"](self, step, None, {})
+
+    monkeypatch.setattr(gpu_suite, "attention_backend", lambda name: backends.append(name) or contextlib.nullcontext())
+    s = gpu_suite.Suite(torch.device("cpu"), torch.float32, True, 60.0)
+    ms, note, each = gpu_suite.ours_mode(s, Pipe(), {"latents": torch.zeros(1)}, "sage", 3)
+    assert backends == ["sage"] and calls[0]["split_encoder"] is True and len(each) == 2
+    assert "with split" in note
