@@ -28,7 +28,7 @@ def test_gpu_suite_smoke(tmp_path):
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
     sections = {row[0].lstrip("| ").split(" ")[0] for row in rows[1:]}
     assert {"build", "parity", "step", "precision", "training", "pytest", "memory"} <= sections, sections
-    assert not [row for row in rows if row[1] == "error" or "skipped" in row[-1]], rows
+    assert not [row for row in rows if "error" in row[1] or row[-1].startswith(("error", "skipped"))], rows
     steps = [row for row in rows if row[0].startswith("| step 32x32x9")]
     assert {"diffusers pipeline", "exact", "split", "ddt:2", "compile"} <= {row[1] for row in steps}
     assert any(row[0].startswith("| step 48x32x9") for row in rows)  # the larger size ran too
@@ -130,3 +130,20 @@ def test_sage_runs_with_the_encoder_split(monkeypatch):
     ms, note, each = gpu_suite.ours_mode(s, Pipe(), {"latents": torch.zeros(1)}, "sage", 3)
     assert backends == ["sage"] and calls[0]["split_encoder"] is True and len(each) == 2
     assert "with split" in note
+
+
+def test_a_failing_case_is_a_row_and_the_section_goes_on(tmp_path):
+    gpu_suite = _suite_module()
+    s = gpu_suite.Suite(torch.device("cpu"), torch.float32, True, 60.0, out=tmp_path / "suite.md")
+
+    def section() -> None:
+        with s.case("precision", "sage"):
+            raise RuntimeError("triton: out of resources")
+        with s.case("precision", "fp8-dynamic"):
+            s.add("precision", "fp8-dynamic", "1.0 ms/step", "-", "-", "ok")
+
+    s.section("precision", section)
+    assert s.rows == [
+        ("precision", "sage", "-", "-", "-", "error: RuntimeError: triton: out of resources"),
+        ("precision", "fp8-dynamic", "1.0 ms/step", "-", "-", "ok"),
+    ]
