@@ -23,7 +23,7 @@ not fit what is left of its section or of the run is skipped with the reason:
             "fp8-dynamic-tensor", "fp8-weights": the velocity's error in one forward, the latents' PSNR after a
             few steps, ms/step
   training  a training step with and without TREAD (`bench_tread`: checkpointing, time, MFU)
-  pytest    `pytest -m gpu`
+  pytest    `pytest -m gpu` (`suite_pytest.py`: the failed tests named, or the one running when time ran out)
   step-720  1280x736x121: diffusers, the headline fast mode (`_common.HEADLINE`) and the modes of
             `_common.DERIVED` estimated from its refresh and reuse steps, then our exact mode (last: the headline's
             refresh step is an exact step: a short budget drops the exact row, not the headline)
@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -87,8 +85,8 @@ from motif_video.pipeline.tiny import build_guider, build_vae
 from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
 from suite_memory import memory
 from suite_precision import precision
+from suite_pytest import pytest_gpu
 
-ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = {"parity": 15, "step": 85, "precision": 40, "training": 30, "pytest": 40, "step-720": 115}
 BUDGET_S |= {"parallel": 20, "memory": 45}  # sum 390
 BUDGET_S["compile"] = 120  # opt-in on the GPU (`--sections ... compile`): inductor's compile time there is unknown
@@ -335,51 +333,6 @@ def parallel(s: Suite, ours: MotifVideoPipeline, text: dict, size: tuple[int, in
     for row in measure_parallel(ours, text["ours"], size, steps, repeats):
         s.add(f"parallel {width}x{height}x{frames}", row.variant, fmt_ms(row.ms_per_step), "-", "-",
               f"{row.overhead_pct:+.1f}% over plain")  # fmt: skip
-
-
-def gpu_test_files() -> list[str]:
-    """The test files with GPU tests, relative to the root (only these: the others may need the lab or tensorboard);
-    tests/test_gpu.py last, as its inductor compile test is the slowest."""
-    marked = [p for p in sorted((ROOT / "tests").glob("test_*.py")) if "mark.gpu" in p.read_text(encoding="utf-8")]
-    return [p.relative_to(ROOT).as_posix() for p in sorted(marked, key=lambda p: p.name == "test_gpu.py")]
-
-
-def pytest_gpu(s: Suite) -> None:
-    target = gpu_test_files()
-    command = [sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider"]
-    command += ["--continue-on-collection-errors", *target]  # a file that cannot import costs only its own tests
-    started, timeout = time.perf_counter(), max(s.left(), 1)
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        log, killed = done.stdout + done.stderr, False
-    except subprocess.TimeoutExpired as stop:  # what it printed so far still says which tests ran
-        log, killed = "".join(_text(part) for part in (stop.stdout, stop.stderr)), True
-    if s.out is not None:
-        write_text(s.out.with_name(s.out.stem + ".pytest.log"), log)
-    result, note = pytest_summary(log, killed)
-    s.add("pytest -m gpu", " ".join(target), result, "-", "-", f"{time.perf_counter() - started:.0f} s; {note}")
-
-
-def _text(part: str | bytes | None) -> str:
-    return part.decode(errors="replace") if isinstance(part, bytes) else part or ""
-
-
-def pytest_summary(log: str, killed: bool) -> tuple[str, str]:
-    """(pytest's closing line, or the outcomes so far when it was killed; the failed tests, or the one running when
-    it was killed) from the output of `pytest -v`."""
-    outcomes = re.findall(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", log, re.MULTILINE)
-    failed = [name.split("::", 1)[1] for name, outcome in outcomes if outcome in ("FAILED", "ERROR")]
-    failed += [n.split("::")[-1] for n in re.findall(r"^ERROR (\S+)", log, re.MULTILINE)]  # e.g. failed imports
-    note = f"failed: {', '.join(dict.fromkeys(failed))}"[:200] if failed else "none failed"
-    if killed:
-        counts = [f"{sum(o == kind for _, o in outcomes)} {kind.lower()}" for kind in ("PASSED", "FAILED", "SKIPPED")]
-        result = "killed at the section's time limit; so far " + ", ".join(counts)
-        started = re.findall(r"^(\S+::\S+)\s*$", log, re.MULTILINE)  # -v names a test before it runs
-        running = started[-1].split("::", 1)[1] if started else None
-        return result, note + (f"; running: {running}" if running else "")
-    lines = [line for line in log.splitlines() if line.strip()]
-    closing = [line for line in lines if line.startswith("=") and " in " in line]
-    return (closing[-1] if closing else lines[-1] if lines else "no output").strip("= "), note
 
 
 # ------------------------------------------------------------------------------------------------------------

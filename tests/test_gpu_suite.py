@@ -39,13 +39,12 @@ def test_gpu_suite_smoke(tmp_path):
     assert graphs and graphs[0][-1].startswith("not run: CUDA graphs need a CUDA device")
 
 
-def _suite_module():
+def _suite_module(name: str = "gpu_suite"):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import gpu_suite
+        return __import__(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    return gpu_suite
 
 
 # What the GPU machine lacks of the product's dependencies (it has torch, transformers, pytest, ...; diffusers and
@@ -57,7 +56,7 @@ def test_gpu_tests_collect_without_what_the_gpu_machine_lacks(tmp_path):
     blocker = tmp_path / "sitecustomize.py"
     blocker.write_text(f"import sys\nfor name in {GPU_MACHINE_LACKS!r}:\n    sys.modules[name] = None\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
-    files = _suite_module().gpu_test_files()
+    files = _suite_module("suite_pytest").gpu_test_files()
     command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "error" not in done.stdout.lower(), done.stdout[-3000:]
@@ -65,7 +64,7 @@ def test_gpu_tests_collect_without_what_the_gpu_machine_lacks(tmp_path):
 
 
 def test_pytest_row_of_a_finished_and_of_a_killed_run():
-    summary = _suite_module().pytest_summary
+    summary = _suite_module("suite_pytest").pytest_summary
     finished = (
         "tests/test_offload.py::test_cuda_component_offloader_places_one_component PASSED [ 50%]\n"
         "tests/test_gpu.py::test_bf16_cuda_matches_reference[sage] FAILED [100%]\n"
@@ -84,17 +83,17 @@ def test_pytest_row_of_a_finished_and_of_a_killed_run():
 
 
 def test_a_killed_pytest_run_is_a_row_with_its_log(tmp_path, monkeypatch):
-    gpu_suite = _suite_module()
+    gpu_suite, suite_pytest = _suite_module(), _suite_module("suite_pytest")
     partial = b"tests/test_ring_attention.py::test_fused_cuda_partial_matches_the_explicit_one[False-dtype0] PASSED\n"
 
     def killed(command, **kwargs):
         assert "--continue-on-collection-errors" in command and "-v" in command
         raise subprocess.TimeoutExpired(command, kwargs["timeout"], output=partial, stderr=None)
 
-    monkeypatch.setattr(gpu_suite.subprocess, "run", killed)
+    monkeypatch.setattr(suite_pytest.subprocess, "run", killed)
     s = gpu_suite.Suite(torch.device("cpu"), torch.float32, True, 60.0, out=tmp_path / "suite.md")
     s.section_end = time.perf_counter() + 30
-    gpu_suite.pytest_gpu(s)
+    suite_pytest.pytest_gpu(s)
     assert (tmp_path / "suite.pytest.log").read_bytes() == partial
     row = [line for line in (tmp_path / "suite.md").read_text().splitlines() if line.startswith("| pytest")]
     assert len(row) == 1 and "killed at the section's time limit; so far 1 passed" in row[0], row
