@@ -96,18 +96,26 @@ class StepMarks:
     def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
         self.sync = sync
         self.marks: list[float] = []
+        self.start: float | None = None  # `begin()`: the call's start, so the first step is timed too
+
+    def begin(self) -> None:
+        """Mark the start of the call (after `sync`): `intervals_ms(first=True)` then includes step 1, whose
+        interval also holds the call's set-up (for a long step, with text embeddings and noise given, a small part)."""
+        self.sync()
+        self.start = time.perf_counter()
 
     def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
         self.sync()
         self.marks.append(time.perf_counter())
         return {}
 
-    def intervals_ms(self) -> list[float]:
-        """Every step but the first (which no interval sees), in ms."""
-        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+    def intervals_ms(self, first: bool = False) -> list[float]:
+        """Every step but the first (which no interval sees), in ms; `first`: from the call's start (`begin`)."""
+        marks = ([self.start] if first and self.start is not None else []) + self.marks
+        return [(b - a) * 1e3 for a, b in zip(marks, marks[1:])]
 
-    def mean_ms(self) -> float:
-        intervals = self.intervals_ms()
+    def mean_ms(self, first: bool = False) -> float:
+        intervals = self.intervals_ms(first)
         return sum(intervals) / len(intervals)
 
 

@@ -18,15 +18,16 @@ Sections, in this order, each with its own time budget (`BUDGET_S`, scaled to `-
 not fit what is left of its section or of the run is skipped with the reason:
   parity    one bf16 forward at 832x480x49 (B=1, and B=2 with unequal text lengths): ours vs diffusers
   step      time per denoising step (APG on every step, i.e. guidance on) at 832x480x49: diffusers' pipeline,
-            our exact mode (split encoder on CUDA), "batched" and each fast mode (`_common.device_modes`; "sage" when
-            sageattention is installed)
+            our exact mode (split encoder on CUDA), "batched" and each fast mode (`_common.device_modes`; "sage"
+            with split when sageattention is installed)
   precision each lower-precision mode against bf16 at 832x480x49 (`suite_precision.py`): "sage", "fp8-dynamic",
             "fp8-dynamic-tensor", "fp8-weights": the velocity's error in one forward, the latents' PSNR after a
             few steps, ms/step
   training  a training step with and without TREAD (`bench_tread`: checkpointing, time, MFU)
-  pytest    `pytest -m gpu`
-  step-720  1280x736x121: diffusers, our exact mode and the headline fast mode (`_common.HEADLINE`), and the
-            modes of `_common.DERIVED` estimated from its refresh and reuse steps
+  pytest    `pytest -m gpu` (`suite_pytest.py`: the failed tests named, or the one running when time ran out)
+  step-720  1280x736x121: diffusers, the headline fast mode (`_common.HEADLINE`) and the modes of
+            `_common.DERIVED` estimated from its refresh and reuse steps, then our exact mode (the headline's
+            refresh step is an exact step: a short budget drops the exact row, not the headline), then "batched"
   parallel  the parallel code path at degree 1 against the plain one at 832x480x49 (`bench_parallel`: a process
             group of one; `--parallel cp=1,cfg=1` and the context-parallel transformer at P=1)
   memory    peak memory and step time of each memory mode at 832x480x49 (`bench_memory_modes.measure`)
@@ -34,8 +35,9 @@ not fit what is left of its section or of the run is skipped with the reason:
             compiled blocks (`pipeline.compile`), and "compile+cudagraphs" (the same in inductor's
             reduce-overhead mode: CUDA graphs; GPU only, a "not run" row on CPU), compile time in the note
 Per step: "ms/step" is the mean interval between step-end callbacks (after a CUDA synchronize) over steps 2..S of
-one timed call, S = 1 + whole periods of the mode's encoder-reuse pattern. On random weights the adaptive and
-calibrated rules' encoder counts mean nothing; quality is measured on CPU (`bench_speed.py`).
+one timed call, S = 1 + whole periods of the mode's encoder-reuse pattern; at 1280x736x121 over steps 1..S of one
+period, step 1 timed from the call's start (a step there takes ~20 s, the set-up milliseconds). On random weights
+the adaptive and calibrated rules' encoder counts mean nothing; quality is measured on CPU (`bench_speed.py`).
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ from diffusers.utils import logging as diffusers_logging
 from _common import (
     DERIVED,
     HEADLINE,
+    MODES,
     StepMarks,
     attention_backend,
     call_shares,
@@ -75,6 +78,7 @@ from bench_transformer import make_inputs
 from bench_tread import build as build_training_model
 from bench_tread import make_inputs as training_inputs
 from bench_tread import time_steps as time_training_steps
+from motif_video.atomic import write_text
 from motif_video.core.flow import DEFAULT_SHIFT_T2V
 from motif_video.core.release import read_defaults, read_index, small_model_dir
 from motif_video.models.attention import available_backends
@@ -84,8 +88,8 @@ from motif_video.pipeline.tiny import build_guider, build_vae
 from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
 from suite_memory import memory
 from suite_precision import precision
+from suite_pytest import pytest_gpu
 
-ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = {"parity": 15, "step": 85, "precision": 40, "training": 30, "pytest": 40, "step-720": 115}
 BUDGET_S |= {"parallel": 20, "memory": 45}  # sum 390
 BUDGET_S["compile"] = 120  # opt-in on the GPU (`--sections ... compile`): inductor's compile time there is unknown
@@ -110,6 +114,7 @@ class Suite:
     rows: list[tuple[str, ...]] = field(default_factory=list)
     section_end: float = 0.0
     banked: float = 0.0
+    out: Path | None = None  # the markdown table, rewritten after every row: a killed run still leaves its table
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -129,6 +134,23 @@ class Suite:
     def add(self, *cells: str) -> None:
         self.rows.append(tuple(cells))
         print("| " + " | ".join(cells) + " |", file=sys.stderr, flush=True)
+        self.save()
+
+    def save(self) -> None:
+        if self.out is not None:
+            write_text(self.out, table(self) + "\n")
+
+    @contextmanager
+    def case(self, label: str, case: str) -> Iterator[None]:
+        """One case of a section: its failure (an OOM, a kernel that refuses the inputs) is a row, and the
+        section goes on with its next case."""
+        try:
+            yield
+        except Exception as error:
+            self.add(label, case, "-", "-", "-", f"error: {type(error).__name__}: {str(error)[:160]}")
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def section(self, name: str, run: Callable[[], None]) -> None:
         share = BUDGET_S[name] / sum(BUDGET_S[c] for c in self.chosen) * self.budget
@@ -139,9 +161,12 @@ class Suite:
         except Exception as error:  # one section's failure is a row, not the end of the run
             self.add(name, "error", "-", "-", "-", f"{type(error).__name__}: {str(error)[:160]}")
         finally:
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            try:
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # raises again after a sticky CUDA error: a row, not the end of the run
+            except Exception as error:
+                self.add(name, "cleanup error", "-", "-", "-", f"{type(error).__name__}: {str(error)[:160]}")
             self.banked = max(self.section_end - time.perf_counter(), 0.0)
         print(f"  section {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
@@ -177,13 +202,17 @@ def pipelines(s: Suite, ours_model: Any, ref_model: Any) -> tuple[MotifVideoPipe
     return ours, ref
 
 
-def step_ms(s: Suite, pipe: Any, args: dict[str, Any], steps: int, **options: Any) -> tuple[float, list[float]]:
-    """(mean ms/step over steps 2..steps, each of those steps' ms)."""
+def step_ms(
+    s: Suite, pipe: Any, args: dict[str, Any], steps: int, first: bool = False, **options: Any
+) -> tuple[float, list[float]]:
+    """(mean ms/step over steps 2..steps, each of those steps' ms); `first`: over steps 1..steps, step 1 timed from
+    the call's start (at a size where a step takes seconds and the set-up, with text and noise given, milliseconds)."""
     marks = StepMarks(s.sync)
     noise = args["latents"].clone()
     with torch.inference_mode(), attention_backend(options.pop("backend", None)):
+        marks.begin()
         pipe(**{**args, "latents": noise}, num_inference_steps=steps, callback_on_step_end=marks, **options)
-    return marks.mean_ms(), marks.intervals_ms()
+    return marks.mean_ms(first), marks.intervals_ms(first)
 
 
 def steps_section(
@@ -194,10 +223,12 @@ def steps_section(
     modes: list[str],
     estimate_ms: float,
     ref_ms: float | None = None,
+    short: bool = False,
 ) -> tuple[float, float | None]:
     """Diffusers' pipeline (unless `ref_ms` gives its ms/step), then ours in each mode, at one size; returns (our
     exact mode's ms/step or the estimate, diffusers' ms/step). `estimate_ms` (0: warm up first and time longer
-    runs) guesses a step's cost until the first call here measures it."""
+    runs) guesses a step's cost until the first call here measures it; `short`: time one period of each mode from
+    the call's start, step 1 included (for a size whose steps take seconds)."""
     ours, ref = pipes
     width, height, frames = size
     label = f"step {width}x{height}x{frames}"
@@ -218,23 +249,27 @@ def steps_section(
             s.add(label, mode, "-", "-", "-", "not run: CUDA graphs need a CUDA device")
             continue
         every = 1 if mode in ("diffusers", "sage") or compiling else period(mode)
-        steps = 1 + every * (-(-4 // every) if first else 1)  # whole periods: 4+ steps timed at the first size
+        # whole periods after an untimed step (4+ of them at the first size); `short` (where a step takes seconds
+        # and the kernels have run: a 720p step is ~20 s): one period, timed from the call's start
+        steps = every if short else 1 + every * (-(-4 // every) if first else 1)
+        span = f"steps {1 if short else 2}..{steps}"
         extra_s = (1 if s.smoke else COMPILE_S) * compiling
         if estimate_ms and not s.fits(label, mode, estimate_ms * (steps + 2 * compiling) / 1e3 + extra_s):
             continue
         started = time.perf_counter()
-        if mode == "diffusers":
-            ref_ms = step_ms(s, ref, args["ref"], steps)[0]
-            s.add(label, "diffusers pipeline", "-", fmt_ms(ref_ms), "-", f"mean of steps 2..{steps}")
-        else:
-            ms, note, each = ours_mode(s, ours, args["ours"], mode, steps)
-            exact_ms = ms if mode == "exact" else exact_ms
-            ratio = f"{ms / ref_ms:.2f}" if ref_ms else "-"
-            s.add(label, mode, fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
-            if mode == HEADLINE and not first and len(each) == 2:
-                derived(s, label, *each, ref_ms)
-        if not compiling:  # its warm-up compiles: no measure of a step
-            estimate_ms = max(estimate_ms, (time.perf_counter() - started) * 1e3 / steps)
+        with s.case(label, mode):
+            if mode == "diffusers":
+                ref_ms = step_ms(s, ref, args["ref"], steps, short)[0]
+                s.add(label, "diffusers pipeline", "-", fmt_ms(ref_ms), "-", f"mean of {span}")
+            else:
+                ms, note, each = ours_mode(s, ours, args["ours"], mode, steps, short)
+                exact_ms = ms if mode == "exact" else exact_ms
+                ratio = f"{ms / ref_ms:.2f}" if ref_ms else "-"
+                s.add(label, mode, fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
+                if mode == HEADLINE and short and len(each) == 2:  # ddt:2's step 1 refreshes, step 2 reuses
+                    derived(s, label, each[1], each[0], ref_ms)
+            if not compiling:  # its warm-up compiles: no measure of a step
+                estimate_ms = max(estimate_ms, (time.perf_counter() - started) * 1e3 / steps)
     return exact_ms or estimate_ms, ref_ms
 
 
@@ -250,10 +285,13 @@ def derived(s: Suite, label: str, reuse_ms: float, refresh_ms: float, ref_ms: fl
         s.add(label, f"{mode} (derived)", fmt_ms(ms), fmt_ms(ref_ms) if ref_ms else "-", ratio, note)
 
 
-def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: str, steps: int) -> tuple:
-    """(our ms/step in one mode, the row's note, each step's ms). "sage": SageAttention kernels; "compile":
-    regional compile (`pipeline.compile`), whose compilation happens in an untimed warm-up call;
-    "compile+cudagraphs": the same with CUDA graphs."""
+def ours_mode(
+    s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: str, steps: int, first: bool = False
+) -> tuple:
+    """(our ms/step in one mode, the row's note, each step's ms). "sage": SageAttention kernels, with "split" (in
+    the batched guidance pass the two text lengths need a key mask, and a masked call takes SDPA: without split the
+    encoder's 28 blocks would not run Sage at all); "compile": regional compile (`pipeline.compile`), whose
+    compilation happens in an untimed warm-up call; "compile+cudagraphs": the same with CUDA graphs."""
     if mode in COMPILE_CASES:
         graphs = mode == "compile+cudagraphs"
         compile_blocks(ours.transformer, backend="eager" if s.smoke else "inductor", cudagraphs=graphs)
@@ -265,12 +303,14 @@ def ours_mode(s: Suite, ours: MotifVideoPipeline, args: dict[str, Any], mode: st
             return ms, f"compiling + 2 warm-up steps: {compile_s:.0f} s", each
         finally:
             uncompile_blocks(ours.transformer)
-    options = {"backend": "sage"} if mode == "sage" else mode_options(mode)
-    ms, each = step_ms(s, ours, args, steps, **options)
+    options = {"backend": "sage", **MODES["split"]} if mode == "sage" else mode_options(mode)
+    ms, each = step_ms(s, ours, args, steps, first, **options)
+    span = f"steps {1 if first else 2}..{steps}"
     reuse = ours.last_call.get("cache", {}) if "cache" in options else {}
-    note = "; ".join(f"{k} {v}" for k, v in reuse.items() if k != "rule") or f"mean of steps 2..{steps}"
-    if "cache" in options and len(each) <= 3:  # e.g. ddt:2 over 3 steps: a reuse step, then a refresh step
-        note += "; steps 2..: " + ", ".join(f"{x:,.0f}" for x in each) + " ms"
+    note = "; ".join(f"{k} {v}" for k, v in reuse.items() if k != "rule") or f"mean of {span}"
+    note += "; with split (mask-free encoder): compare the exact row (split on CUDA)" if mode == "sage" else ""
+    if "cache" in options and len(each) <= 3:  # e.g. ddt:2 at 720p: a refresh step, then a reuse step
+        note += f"; {span}: " + ", ".join(f"{x:,.0f}" for x in each) + " ms"
     return ms, note, each
 
 
@@ -310,23 +350,15 @@ def parallel(s: Suite, ours: MotifVideoPipeline, text: dict, size: tuple[int, in
               f"{row.overhead_pct:+.1f}% over plain")  # fmt: skip
 
 
-def pytest_gpu(s: Suite) -> None:
-    marked = [p for p in sorted((ROOT / "tests").glob("test_*.py")) if "mark.gpu" in p.read_text(encoding="utf-8")]
-    target = [p.relative_to(ROOT).as_posix() for p in marked]  # only these: the others may need the lab or tensorboard
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *target]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(s.left(), 1))
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    result = lines[-1].strip("= ") if lines else f"exit {done.returncode}"
-    s.add("pytest -m gpu", " ".join(target), result, "-", "-", f"{time.perf_counter() - started:.0f} s")
-
-
 # ------------------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> Suite:
     cuda = torch.cuda.is_available() and not args.smoke
     setup = SMOKE if args.smoke else FULL
     sections = tuple(args.sections or (BUDGET_S if args.smoke else DEFAULT_SECTIONS))
     s = Suite(torch.device("cuda" if cuda else "cpu"), setup["dtype"], args.smoke, args.budget, chosen=sections)
+    s.out = Path(args.out) if args.out else None
+    if s.out is not None:
+        s.out.parent.mkdir(parents=True, exist_ok=True)
     if not cuda and not args.smoke:
         raise SystemExit("no CUDA GPU: run with --smoke for the CPU check of this script")
     small, large = setup["sizes"]
@@ -354,7 +386,8 @@ def run(args: argparse.Namespace) -> Suite:
         s.section("pytest", lambda: pytest_gpu(s))
     if "step-720" in chosen:
         guess = (measured["step"] or 1e3) * setup["scale"]  # from this run's 480p step, else a 1 s guess
-        s.section("step-720", lambda: steps_section(s, pipes, text, large, ["exact", HEADLINE], guess))
+        large_modes = device_modes(s.device, [HEADLINE, "exact", "batched"])  # batched last: the first to go
+        s.section("step-720", lambda: steps_section(s, pipes, text, large, large_modes, guess, short=True))
     if "parallel" in chosen:
         s.section("parallel", lambda: parallel(s, pipes[0], text, small, measured["step"]))
     if "compile" in chosen:
@@ -391,10 +424,8 @@ def main() -> None:
     diffusers_logging.set_verbosity_error()
     torch.manual_seed(0)
     s = run(args)
-    text = table(s)
-    print(text, flush=True)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    s.save()  # the final elapsed time; every row was already written as it came
+    print(table(s), flush=True)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,27 @@ def test_backend_selection():
     set_attention_backend(None)
 
 
+def test_sage_takes_only_calls_its_kernel_gets_right(monkeypatch):
+    """SageAttention 1.0.x scores the missing keys of a partial last 64-key block as 0 (they share the softmax):
+    short key sequences such as the text cross-attention, and head dims it has no kernel for, take SDPA."""
+    from motif_video.models import attention as attention_module
+
+    calls = []
+    monkeypatch.setattr(attention_module, "_backend", "sage")
+    monkeypatch.setattr(attention_module, "_kernel_can_run", lambda q: True)  # as on CUDA in bf16
+    monkeypatch.setitem(attention_module._KERNELS, "sage", lambda q, k, v: calls.append(k.shape) or torch.zeros_like(q))
+    g = torch.Generator().manual_seed(0)
+    for length, head_dim, kernel in ((120, 128, False), (128, 128, True), (20400, 128, True), (128, 32, False)):
+        q, k, v = (torch.randn(1, 1, n, head_dim, generator=g) for n in (3, length, length))
+        out = attention(q, k, v)
+        assert (len(calls) == 1) == kernel, (length, head_dim)
+        if not kernel:
+            torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        calls.clear()
+    assert attention_module._sage_fits(torch.empty(1, 1, 20380, 128))  # 36 phantom keys beside 20,380: 0.18%
+    assert not attention_module._sage_fits(torch.empty(1, 1, 1000, 128))  # 24 beside 1,000: 2.4%
+
+
 def test_cli_forward(capsys):
     assert main(["forward", "--preset", "tiny", "--image"]) == 0
     out = capsys.readouterr().out

@@ -12,8 +12,6 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from motif_video.cli import main
-from motif_video.cli.generate import GenerateSettings
 from motif_video.models import attention as attention_module
 from motif_video.pipeline import MotifVideoPipeline, quantization
 from motif_video.pipeline.compile import compile_blocks, compile_problem
@@ -166,7 +164,11 @@ def test_cudagraphs_are_refused_without_cuda():
 
 
 # ---------------------------------------------------------------------------------------- command-line flags
+# The CLI is imported inside the tests that use it: it imports the server (fastapi), which the GPU machine lacks,
+# and a module-level import there made `pytest -m gpu` stop at collection (tests/test_gpu_suite.py checks this).
 def _generate(tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    from motif_video.cli import main
+
     out = tmp_path / "clip.mp4"
     code = main(["generate", "--prompt", "a red dog runs on the beach", *SMALL, "--output", str(out), *extra])
     return code, out
@@ -202,6 +204,7 @@ def test_unknown_choices_are_argparse_errors(tmp_path):
 
 def test_flags_parse_and_are_recorded_in_the_sidecar(tmp_path, monkeypatch):
     import motif_video.pipeline.compile as compile_module
+    from motif_video.cli.generate import GenerateSettings
     from motif_video.cli.main import build_parser
 
     if not quantization.is_fp8_available("cpu"):
@@ -226,7 +229,7 @@ def test_flags_parse_and_are_recorded_in_the_sidecar(tmp_path, monkeypatch):
 
 
 def test_attention_flag_sets_the_backend(monkeypatch):
-    from motif_video.cli.generate import build_pipeline
+    from motif_video.cli.generate import GenerateSettings, build_pipeline
 
     chosen = []
     monkeypatch.setattr(attention_module, "set_attention_backend", chosen.append)

@@ -7,7 +7,7 @@ import torch
 
 from model_helpers import make_inputs, random_reference
 from motif_video import MotifVideoTransformer, get_preset, set_attention_backend
-from motif_video.models.attention import available_backends
+from motif_video.models.attention import attention, available_backends
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -38,6 +38,33 @@ def test_bf16_cuda_matches_reference(backend):
         set_attention_backend(None)
     scale = expected.abs().max().item()
     assert (actual - expected).abs().max().item() <= 3e-2 * max(scale, 1.0)
+
+
+@pytest.mark.skipif("sage" not in available_backends(), reason="needs sageattention")
+def test_sage_kernel_and_the_partial_key_block_it_gets_wrong():
+    """SageAttention 1.0.x scores the missing keys of a partial last 64-key block as 0, so they share the softmax
+    (seen in Triton's interpreter); `attention` therefore sends such short key sequences to SDPA."""
+    from sageattention import sageattn
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def qkv(keys: int) -> list[torch.Tensor]:
+        shapes = ((1, 4, 1024, 128), (1, 4, keys, 128), (1, 4, keys, 128))
+        return [torch.randn(s, device="cuda", dtype=torch.bfloat16, generator=g) for s in shapes]
+
+    def error(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float:
+        ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        return ((out.float() - ref).norm() / ref.norm()).item()
+
+    whole, partial = qkv(128), qkv(100)  # 0 and 28 phantom keys
+    whole_error = error(sageattn(*[t.clone() for t in whole], tensor_layout="HND"), *whole)
+    partial_error = error(sageattn(*[t.clone() for t in partial], tensor_layout="HND"), *partial)
+    assert whole_error < 0.03 and partial_error > 3 * whole_error, (whole_error, partial_error)
+    set_attention_backend("sage")
+    try:
+        assert error(attention(*partial), *partial) < 0.01  # SDPA in bf16
+    finally:
+        set_attention_backend(None)
 
 
 def _tiny_cuda_pipeline():

@@ -10,6 +10,12 @@ All attention in the model goes through `attention(q, k, v, key_mask)`; the back
 Flash and Sage kernels take no key mask; a call that needs one, or whose dtype/device the kernel does not
 support, falls back to SDPA, so the numbers never depend on which backend is installed beyond the kernel's
 own rounding. Callers trim text padding first (see `transformer.py`), so most calls carry no mask at all.
+SageAttention 1.0.x's kernel reads keys in blocks of `SAGE_KEY_BLOCK` and gives the missing keys of a partial
+last block a score of 0 instead of leaving them out, so they take a share of the softmax (with 120 text keys, 8
+phantom keys: about 4% error in the cross-attention, against 1% for full blocks). Sage therefore runs only where
+that share is negligible (`_sage_fits`: at most 1/256 of the keys, i.e. long sequences such as the joint
+self-attention, or whole blocks), and only for the head dims it has kernels for (64, 96, 128; others assert);
+the short text cross-attention takes SDPA.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from motif_video.env import attention_backend_from_env
 
 BACKENDS = ("sdpa", "flash", "sage")
+SAGE_KEY_BLOCK = 64  # SageAttention 1.0.x's BLOCK_N: keys per block of its kernel
 _backend: str | None = None
 
 
@@ -67,6 +74,13 @@ def _kernel_can_run(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
+def _sage_fits(k: torch.Tensor) -> bool:
+    """k: (B, H, Lk, Dh). A head dim Sage has kernels for, and the phantom keys of a partial last block (see the
+    module doc) at most 1/256 of the keys."""
+    length = k.shape[2]
+    return k.shape[-1] in (64, 96, 128) and (-length % SAGE_KEY_BLOCK) * 256 <= length
+
+
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     from flash_attn import flash_attn_func
 
@@ -99,7 +113,7 @@ def attention(
     Returns (B, H, Lq, Dh).
     """
     backend = get_attention_backend()
-    if backend != "sdpa" and key_mask is None and _kernel_can_run(q):
+    if backend != "sdpa" and key_mask is None and _kernel_can_run(q) and (backend != "sage" or _sage_fits(k)):
         return _KERNELS[backend](q, k, v)
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
