@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Download, on a machine with network, the wheels the GPU machine lacks into .whl/ (git ignores it), so that
 # `benchmarks/gpu_suite.py` can run there offline. The GPU machine has Python 3.12, torch 2.11, transformers,
-# accelerate, safetensors and peft; it lacks diffusers, PyAV, importlib_metadata (diffusers needs it), torchao
-# (FP8 modes) and sageattention (the "sage" attention mode; a pure-Python wheel whose kernels are Triton's).
+# accelerate, safetensors and peft; it lacks diffusers, importlib_metadata (diffusers needs it), torchao (FP8 modes)
+# and sageattention (the "sage" attention mode; a pure-Python wheel whose kernels are Triton's). It also lacks PyAV,
+# which the suite does not need (it encodes no video): left out, it keeps the carried tree (64 MiB at most) small.
 #
 #     bash benchmarks/gather_gpu_wheels.sh            # here, from the repository root
 #
@@ -14,7 +15,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(
   diffusers==0.42.1
-  av==18.1.0
   importlib_metadata==8.7.0
   zipp==3.23.0
   torchao==0.18.0
