@@ -23,12 +23,12 @@ not fit what is left of its section or of the run is skipped with the reason:
   precision each lower-precision mode against bf16 at 832x480x49 (`suite_precision.py`): "sage", "fp8-dynamic",
             "fp8-dynamic-tensor", "fp8-weights": the velocity's error in one forward, the latents' PSNR after a
             few steps, ms/step
-  training  a training step with and without TREAD (`bench_tread`: checkpointing, time, MFU)
+  training  a training step with and without TREAD (`suite_training.py`, `bench_tread`: checkpointing, time, MFU)
   pytest    `pytest -m gpu` (`suite_pytest.py`: the failed tests named, or the one running when time ran out)
   step-720  1280x736x121: diffusers, the headline fast mode (`_common.HEADLINE`) and the modes of
             `_common.DERIVED` estimated from its refresh and reuse steps, then our exact mode (the headline's
             refresh step is an exact step: a short budget drops the exact row, not the headline), then "batched"
-  parallel  the parallel code path at degree 1 against the plain one at 832x480x49 (`bench_parallel`: a process
+  parallel  the parallel code path at degree 1 against the plain one at 832x480x49 (`suite_parallel.py`: a process
             group of one; `--parallel cp=1,cfg=1` and the context-parallel transformer at P=1)
   memory    peak memory and step time of each memory mode at 832x480x49 (`bench_memory_modes.measure`)
   compile   opt-in on the GPU (`--sections ... compile`; the smoke run includes it): our exact mode with
@@ -71,13 +71,8 @@ from _common import (
     period,
     versions,
 )
-from bench_parallel import VARIANTS as PARALLEL_VARIANTS
-from bench_parallel import measure_pipeline as measure_parallel
 from bench_pipeline import GPU_TEXT, random_official_transformer, reference_transformer, text_embeddings
 from bench_transformer import make_inputs
-from bench_tread import build as build_training_model
-from bench_tread import make_inputs as training_inputs
-from bench_tread import time_steps as time_training_steps
 from motif_video.atomic import write_text
 from motif_video.core.flow import DEFAULT_SHIFT_T2V
 from motif_video.core.release import read_defaults, read_index, small_model_dir
@@ -85,10 +80,11 @@ from motif_video.models.attention import available_backends
 from motif_video.pipeline import MotifVideoPipeline
 from motif_video.pipeline.compile import compile_blocks, uncompile_blocks
 from motif_video.pipeline.tiny import build_guider, build_vae
-from motif_video.training.flops import kept_tokens, mfu, peak_flops_for, training_step_flops
 from suite_memory import memory
+from suite_parallel import parallel
 from suite_precision import precision
 from suite_pytest import pytest_gpu
+from suite_training import training
 
 BUDGET_S = {"parity": 15, "step": 85, "precision": 40, "training": 30, "pytest": 40, "step-720": 115}
 BUDGET_S |= {"parallel": 20, "memory": 45}  # sum 390
@@ -312,42 +308,6 @@ def ours_mode(
     if "cache" in options and len(each) <= 3:  # e.g. ddt:2 at 720p: a refresh step, then a reuse step
         note += f"; {span}: " + ", ".join(f"{x:,.0f}" for x in each) + " ms"
     return ms, note, each
-
-
-def training(s: Suite, preset: str, size: tuple[int, int, int], route: tuple[int, int, float]) -> None:
-    from motif_video import get_preset
-
-    config = get_preset(preset)
-    width, height, frames = size
-    grid, text_len = ((frames - 1) // 4 + 1, height // 8, width // 8), GPU_TEXT[0]
-    torch.manual_seed(0)
-    model = build_training_model(config, s.device, s.dtype, checkpointing=True)
-    inputs = training_inputs(config, grid, text_len, s.device, s.dtype)
-    times = time_training_steps(model, inputs, route, warmup=1, repeats=2)
-    shape = dict(batch=1, latent_frames=grid[0], latent_height=grid[1], latent_width=grid[2], text_len=text_len)
-    n = grid[0] * (grid[1] // 2) * (grid[2] // 2)
-    peak = peak_flops_for(s.device)
-    for name, span in (("dense", None), ("tread", route)):
-        flops = training_step_flops(config, **shape, route=span).matmul
-        secs = times[name]
-        util = None if secs is None else mfu(flops, secs, peak)
-        case = "no route" if span is None else f"TREAD {span[0]}-{span[1] - 1} @ {span[2]:g}"
-        ours = "OOM" if secs is None else f"{secs:.3f} s/step, {flops / 1e12:.1f} TFLOP"
-        note = f"kept {kept_tokens(n, route[2]) if span else n} of {n} tokens; checkpointing; MFU "
-        note += "-" if util is None else f"{util:.1%}"
-        s.add(f"training {width}x{height}x{frames}", case, ours, "-", "-", note)
-    del model
-
-
-def parallel(s: Suite, ours: MotifVideoPipeline, text: dict, size: tuple[int, int, int], step_ms: float) -> None:
-    """The parallel code path at degree 1 against the plain path (`bench_parallel`, a process group of one)."""
-    steps, repeats = 2, 1
-    if not s.fits("parallel", "degree 1", (step_ms or 1e3) * len(PARALLEL_VARIANTS) * (repeats + 1) * steps / 1e3):
-        return
-    width, height, frames = size
-    for row in measure_parallel(ours, text["ours"], size, steps, repeats):
-        s.add(f"parallel {width}x{height}x{frames}", row.variant, fmt_ms(row.ms_per_step), "-", "-",
-              f"{row.overhead_pct:+.1f}% over plain")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------------
