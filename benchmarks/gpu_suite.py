@@ -20,14 +20,14 @@ not fit what is left of its section or of the run is skipped with the reason:
   step      time per denoising step (APG on every step, i.e. guidance on) at 832x480x49: diffusers' pipeline,
             our exact mode (split encoder on CUDA), "batched" and each fast mode (`_common.device_modes`; "sage"
             with split when sageattention is installed)
+  step-720  1280x736x121: diffusers, the headline fast mode (`_common.HEADLINE`) and the modes of
+            `_common.DERIVED` estimated from its refresh and reuse steps, then our exact mode (the headline's
+            refresh step is an exact step: a short budget drops the exact row, not the headline), then "batched"
   precision each lower-precision mode against bf16 at 832x480x49 (`suite_precision.py`): "sage", "fp8-dynamic",
             "fp8-dynamic-tensor", "fp8-weights": the velocity's error in one forward, the latents' PSNR after a
             few steps, ms/step
   training  a training step with and without TREAD (`suite_training.py`, `bench_tread`: checkpointing, time, MFU)
   pytest    `pytest -m gpu` (`suite_pytest.py`: the failed tests named, or the one running when time ran out)
-  step-720  1280x736x121: diffusers, the headline fast mode (`_common.HEADLINE`) and the modes of
-            `_common.DERIVED` estimated from its refresh and reuse steps, then our exact mode (the headline's
-            refresh step is an exact step: a short budget drops the exact row, not the headline), then "batched"
   parallel  the parallel code path at degree 1 against the plain one at 832x480x49 (`suite_parallel.py`: a process
             group of one; `--parallel cp=1,cfg=1` and the context-parallel transformer at P=1)
   memory    peak memory and step time of each memory mode at 832x480x49 (`bench_memory_modes.measure`)
@@ -86,7 +86,7 @@ from suite_precision import precision
 from suite_pytest import pytest_gpu
 from suite_training import training
 
-BUDGET_S = {"parity": 15, "step": 85, "precision": 40, "training": 30, "pytest": 40, "step-720": 115}
+BUDGET_S = {"parity": 15, "step": 85, "step-720": 115, "precision": 40, "training": 30, "pytest": 40}
 BUDGET_S |= {"parallel": 20, "memory": 45}  # sum 390
 BUDGET_S["compile"] = 120  # opt-in on the GPU (`--sections ... compile`): inductor's compile time there is unknown
 DEFAULT_SECTIONS = tuple(name for name in BUDGET_S if name != "compile")
@@ -338,16 +338,16 @@ def run(args: argparse.Namespace) -> Suite:
     measured: dict[str, Any] = {"step": 0.0, "ref": None}
     if "step" in chosen:
         s.section("step", lambda: measured.update(zip(("step", "ref"), steps_section(s, pipes, text, small, modes, 0))))
+    if "step-720" in chosen:
+        guess = (measured["step"] or 1e3) * setup["scale"]  # from this run's 480p step, else a 1 s guess
+        large_modes = device_modes(s.device, [HEADLINE, "exact", "batched"])  # batched last: the first to go
+        s.section("step-720", lambda: steps_section(s, pipes, text, large, large_modes, guess, short=True))
     if "precision" in chosen:
         s.section("precision", lambda: precision(s, pipes[0], text, small))
     if "training" in chosen:
         s.section("training", lambda: training(s, setup["preset"], small, setup["route"]))
     if "pytest" in chosen:
         s.section("pytest", lambda: pytest_gpu(s))
-    if "step-720" in chosen:
-        guess = (measured["step"] or 1e3) * setup["scale"]  # from this run's 480p step, else a 1 s guess
-        large_modes = device_modes(s.device, [HEADLINE, "exact", "batched"])  # batched last: the first to go
-        s.section("step-720", lambda: steps_section(s, pipes, text, large, large_modes, guess, short=True))
     if "parallel" in chosen:
         s.section("parallel", lambda: parallel(s, pipes[0], text, small, measured["step"]))
     if "compile" in chosen:
