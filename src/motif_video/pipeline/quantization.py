@@ -9,7 +9,8 @@ Modes (`FP8_MODES`; `pipe.enable_fp8(mode)`, `--fp8 MODE`):
   needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper) and layers whose both dimensions divide by 16
   (others stay as they are). `fp8_problem(mode, device)` says, before any model load, why a mode cannot run
   (torchao absent, no CUDA, an older GPU); `quantize_fp8` raises that as a ValueError. Its error against bf16
-  is measured by `benchmarks/gpu_suite.py` (section "precision").
+  is measured by `benchmarks/gpu_suite.py` (section "precision"), and its quality cost on the shipped small model,
+  with torchao's numerics on CPU, by `benchmarks/bench_precision.py` (-0.6 held-out points against bf16).
 - FP8 attention: torchao 0.18 has one only as a prototype (`torchao.prototype.attention`, FP8 through
   FlashAttention 3), which needs Hopper plus the separately built `flash_attn_interface` package and takes no key
   mask; it is not wired in. SageAttention (`--attention sage`, 8-bit QK) is the low-precision attention here.
