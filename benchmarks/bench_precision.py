@@ -33,12 +33,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import torch
 
 from _common import psnr
+from bench_speed import evaluate as evaluate_mode
 from motif_video.core.release import small_model_dir
 from motif_video.pipeline import MotifVideoPipeline, quantization
 
@@ -75,29 +75,10 @@ def transformer_in(mode: str, fp32: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class FramesKept:
-    """The pipeline as the evaluator sees it, keeping every call's frames."""
-
-    def __init__(self, pipe: MotifVideoPipeline) -> None:
-        self.pipe, self.frames = pipe, []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.pipe, name)
-
-    def __call__(self, **kwargs: Any) -> Any:
-        out = self.pipe(**kwargs)
-        self.frames.append(np.asarray(out.frames))
-        return out
-
-
 def evaluate(pipe: MotifVideoPipeline, prompts: int) -> tuple[np.ndarray, float]:
-    """(every video's frames, the held-out T2V score in points)."""
-    from motif_video_lab.evaluation import EvalSettings, run_eval
-
-    kept = FramesKept(pipe)
-    settings = EvalSettings(model=str(small_model_dir()), splits=("heldout",), num_prompts=prompts, mode="t2v")
-    table = run_eval(settings, progress=False, pipe=kept).table("heldout", "t2v")
-    return np.concatenate(kept.frames), 100 * table.overall
+    """(every video's frames, the held-out T2V score in points): `bench_speed`'s evaluation in exact mode."""
+    wrapped, table, _ = evaluate_mode(pipe, "exact", prompts)
+    return np.concatenate(wrapped.frames), 100 * table.overall
 
 
 def main() -> None:
